@@ -1,0 +1,183 @@
+"""The ``sgm`` command: one sub-command per stage (also ``python -m sgm``).
+
+Each Snakemake rule calls one of these and redirects its output to the rule's log, so an analyst
+can rerun any stage by hand with the same arguments. Bad input ends with one line on stderr
+naming the file, the variable and the problem, and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from sgm import __version__
+
+log = logging.getLogger("sgm")
+
+
+def _json(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object")
+    return value
+
+
+def _ingest(a: argparse.Namespace) -> None:
+    from sgm.stages.ingest import ingest
+
+    ingest(a.spec, a.out)
+
+
+def _observe(a: argparse.Namespace) -> None:
+    from sgm.stages.observe import observe
+
+    observe(a.spec, a.fields, a.out)
+
+
+def _train(a: argparse.Namespace) -> None:
+    from sgm.stages.train import train_stage
+
+    train_stage(a.spec, a.fields, a.out, a.settings, workdir=a.workdir, progress=not a.no_progress)
+
+
+def _sample(a: argparse.Namespace) -> None:
+    from sgm.stages.sample import sample_stage
+
+    sample_stage(a.model, a.obs, a.out, a.settings, shard=(a.shard, a.shards),
+                 split=a.split, progress=not a.no_progress)
+
+
+def _gather(a: argparse.Namespace) -> None:
+    from sgm.stages.sample import gather_shards
+
+    gather_shards(a.shards, a.out)
+
+
+def _evaluate(a: argparse.Namespace) -> None:
+    from sgm.stages.evaluate import evaluate
+
+    evaluate(a.fields, a.obs, a.posterior, a.metrics, a.maps, seed=a.seed)
+
+
+def _report(a: argparse.Namespace) -> None:
+    from sgm.stages.report import report
+
+    report(a.fields, a.obs, a.posterior, a.metrics, a.loss, a.out,
+           n_maps=a.n_maps, threshold=a.threshold, title=a.title)
+
+
+def _validate_spec(a: argparse.Namespace) -> None:
+    from sgm.config import load_spec
+
+    for path in a.files:
+        spec = load_spec(path)
+        print(f"{path}: ok ({spec.name})")
+
+
+def _export_schemas(a: argparse.Namespace) -> None:
+    from sgm.config import json_schemas
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (out / name).write_text(schema)
+        print(out / name)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sgm", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"sgm {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("ingest", _ingest, "data spec sources → fields.zarr")
+    sp.add_argument("--spec", required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = add("observe", _observe, "fields.zarr + operator → obs.zarr (val and test times)")
+    sp.add_argument("--spec", required=True)
+    sp.add_argument("--fields", required=True)
+    sp.add_argument("--out", required=True)
+
+    sp = add("train", _train, "train the conditional score model → model.pt")
+    sp.add_argument("--spec", required=True)
+    sp.add_argument("--fields", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--settings", type=_json, default={}, help="JSON: {model: {...}, train: {...}}")
+    sp.add_argument("--workdir", default=None, help="checkpoints and loss.csv (default: beside out)")
+    sp.add_argument("--no-progress", action="store_true")
+
+    sp = add("sample", _sample, "model + obs.zarr → posterior.zarr")
+    sp.add_argument("--model", required=True)
+    sp.add_argument("--obs", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--settings", type=_json, default={}, help="JSON sampler settings")
+    sp.add_argument("--split", default="test", help="which split of obs.zarr ('all' for every time)")
+    sp.add_argument("--shard", type=int, default=0)
+    sp.add_argument("--shards", type=int, default=1)
+    sp.add_argument("--no-progress", action="store_true")
+
+    sp = add("gather", _gather, "posterior shards → one posterior.zarr")
+    sp.add_argument("shards", nargs="+")
+    sp.add_argument("--out", required=True)
+
+    sp = add("evaluate", _evaluate, "posterior + truth + obs → metrics.json and maps.zarr")
+    sp.add_argument("--fields", required=True)
+    sp.add_argument("--obs", required=True)
+    sp.add_argument("--posterior", required=True)
+    sp.add_argument("--metrics", required=True)
+    sp.add_argument("--maps", required=True)
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = add("report", _report, "everything above → a self-contained HTML report")
+    sp.add_argument("--fields", required=True)
+    sp.add_argument("--obs", required=True)
+    sp.add_argument("--posterior", required=True)
+    sp.add_argument("--metrics", required=True)
+    sp.add_argument("--loss", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--n-maps", type=int, default=3)
+    sp.add_argument("--threshold", type=float, default=None)
+    sp.add_argument("--title", default=None)
+
+    sp = add("validate-spec", _validate_spec, "check data spec files and print every error")
+    sp.add_argument("files", nargs="+")
+
+    sp = add("export-schemas", _export_schemas, "write the JSON schemas of specs and config")
+    sp.add_argument("--out", default="workflow/schemas")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from sgm.config import SpecError
+    from sgm.io.sources import SourceError
+    from sgm.io.stores import IncompleteStoreError
+
+    try:
+        args.func(args)
+    except (SpecError, SourceError, IncompleteStoreError, FileNotFoundError) as exc:
+        print(f"sgm {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+rule ingest:
+    input:
+        spec=spec_file,
+    output:
+        fields=directory(f"{RESULTS}/{{spec}}/fields.zarr"),
+    log:
+        f"{RESULTS}/{{spec}}/logs/ingest.log",
+    params:
+        version=STAGE_VERSION["ingest"],
+    shell:
+        "sgm ingest --spec {input.spec} --out {output.fields} > {log} 2>&1"
+
+
+rule observe:
+    input:
+        spec=spec_file,
+        fields=f"{RESULTS}/{{spec}}/fields.zarr",
+    output:
+        obs=directory(f"{RESULTS}/{{spec}}/obs.zarr"),
+    log:
+        f"{RESULTS}/{{spec}}/logs/observe.log",
+    params:
+        version=STAGE_VERSION["observe"],
+    shell:
+        "sgm observe --spec {input.spec} --fields {input.fields} --out {output.obs} > {log} 2>&1"

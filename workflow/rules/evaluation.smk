@@ -1,0 +1,45 @@
+rule evaluate:
+    input:
+        fields=f"{RESULTS}/{{spec}}/fields.zarr",
+        obs=f"{RESULTS}/{{spec}}/obs.zarr",
+        posterior=f"{RESULTS}/{{spec}}/{{model}}/posterior.zarr",
+    output:
+        metrics=f"{RESULTS}/{{spec}}/{{model}}/metrics.json",
+        maps=directory(f"{RESULTS}/{{spec}}/{{model}}/maps.zarr"),
+    log:
+        f"{RESULTS}/{{spec}}/{{model}}/logs/evaluate.log",
+    params:
+        version=STAGE_VERSION["evaluate"],
+    shell:
+        "sgm evaluate --fields {input.fields} --obs {input.obs} --posterior {input.posterior}"
+        " --metrics {output.metrics} --maps {output.maps} > {log} 2>&1"
+
+
+rule report:
+    input:
+        fields=f"{RESULTS}/{{spec}}/fields.zarr",
+        obs=f"{RESULTS}/{{spec}}/obs.zarr",
+        posterior=f"{RESULTS}/{{spec}}/{{model}}/posterior.zarr",
+        metrics=f"{RESULTS}/{{spec}}/{{model}}/metrics.json",
+        loss=f"{RESULTS}/{{spec}}/{{model}}/loss.csv",
+    output:
+        html=report(
+            f"{RESULTS}/{{spec}}/{{model}}/report/index.html",
+            caption="../report/report.rst",
+            category="Posterior ensembles",
+            subcategory="{spec} / {model}",
+        ),
+    log:
+        f"{RESULTS}/{{spec}}/{{model}}/logs/report.log",
+    params:
+        version=STAGE_VERSION["report"],
+        n_maps=config["report"]["n_maps"],
+        threshold=lambda w: (
+            ""
+            if config["report"].get("threshold") is None
+            else f"--threshold {config['report']['threshold']}"
+        ),
+    shell:
+        "sgm report --fields {input.fields} --obs {input.obs} --posterior {input.posterior}"
+        " --metrics {input.metrics} --loss {input.loss} --out {output.html}"
+        " --n-maps {params.n_maps} {params.threshold} > {log} 2>&1"
