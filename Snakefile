@@ -1,5 +1,10 @@
 # sgm: gridded fields → conditional score-based diffusion model → posterior ensembles → report.
 # Rules are thin: each one calls an `sgm <stage>` command; all science lives in the sgm package.
+#
+# `snakemake --lint` asks for a conda environment or container per rule. That finding is left on
+# purpose: every rule runs the same installed `sgm` package, from the environment snakemake itself
+# runs in (`make setup`, or environment.yml on clusters), so per-rule environments would only
+# install that package once per rule.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")

@@ -41,15 +41,25 @@ def _observe(a: argparse.Namespace) -> None:
     observe(a.spec, a.fields, a.out)
 
 
+def _set_threads(n: int | None) -> None:
+    """Cap torch's intra-op threads at the job's share of cores (no oversubscription)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def _train(a: argparse.Namespace) -> None:
     from sgm.stages.train import train_stage
 
+    _set_threads(a.threads)
     train_stage(a.spec, a.fields, a.out, a.settings, workdir=a.workdir, progress=not a.no_progress)
 
 
 def _sample(a: argparse.Namespace) -> None:
     from sgm.stages.sample import sample_stage
 
+    _set_threads(a.threads)
     sample_stage(a.model, a.obs, a.out, a.settings, shard=(a.shard, a.shards),
                  split=a.split, progress=not a.no_progress)
 
@@ -116,7 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--fields", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--settings", type=_json, default={}, help="JSON: {model: {...}, train: {...}}")
-    sp.add_argument("--workdir", default=None, help="checkpoints and loss.csv (default: beside out)")
+    sp.add_argument("--workdir", default=None, help="checkpoints, loss.csv (default: beside out)")
+    sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     sp.add_argument("--no-progress", action="store_true")
 
     sp = add("sample", _sample, "model + obs.zarr → posterior.zarr")
@@ -124,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--obs", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--settings", type=_json, default={}, help="JSON sampler settings")
-    sp.add_argument("--split", default="test", help="which split of obs.zarr ('all' for every time)")
+    sp.add_argument("--split", default="test", help="split to sample; 'all': every time")
     sp.add_argument("--shard", type=int, default=0)
     sp.add_argument("--shards", type=int, default=1)
+    sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     sp.add_argument("--no-progress", action="store_true")
 
     sp = add("gather", _gather, "posterior shards → one posterior.zarr")

@@ -1,7 +1,10 @@
-"""Reading the sources a data spec names into one (time, lat, lon) DataArray per variable.
+"""Reading the sources a data spec names into lazy (time, lat, lon) DataArrays.
 
-Every failure raises :class:`SourceError` whose message is one sentence naming the file, the
-variable and the problem. Nothing here knows about models.
+A source is a list of NetCDF files, glob patterns or Zarr stores, or a file inside an installed
+package. Every file is checked before xarray sees it (format, truncation), opened lazily and cut
+into dask chunks along time, so that inputs larger than memory stream through. Every failure
+raises :class:`SourceError` whose message is one sentence naming the file, the variable and the
+problem. Nothing here knows about models.
 """
 
 from __future__ import annotations
@@ -13,112 +16,189 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
-LAT_NAMES = ("lat", "latitude", "nav_lat", "y", "rlat", "grid_latitude")
-LON_NAMES = ("lon", "longitude", "nav_lon", "x", "rlon", "grid_longitude")
+from sgm.config import FieldRef, Source
+from sgm.io.cf import convert_units, mask_invalid
+from sgm.io.errors import MissingSourceError, SourceError
+from sgm.io.formats import FormatError, check_complete, sniff
+from sgm.io.grid import (
+    check_axes,
+    orient,
+    rename_dims,
+    same_grid,
+    select_level,
+    squeeze_extra,
+)
+
+__all__ = ["SourceError", "MissingSourceError", "package_file", "expand_paths", "source_paths",
+           "open_file", "find_variable", "describe", "read_field"]
+
+CHUNK_BYTES = 32 * 2**20  # dask chunk size along time: bounded memory, few tasks
 
 
-class SourceError(ValueError):
-    """Bad input: one clear sentence naming the file, the variable and the problem."""
+def describe(ref: FieldRef) -> str:
+    """How the spec asks for a variable, for messages: ``variable 'tas'``."""
+    if ref.source_name is None and ref.standard_name is not None:
+        return f"variable with standard_name {ref.standard_name!r}"
+    return f"variable {ref.source_name or ref.name!r}"
 
 
-def package_file(package: str, path: str) -> Path:
+def package_file(package: str, path: str, what: str = "file") -> Path:
     """The path of a file shipped inside an installed package."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise SourceError(f"package {package!r} is not installed (pip install it)")
+        raise MissingSourceError(f"{package}/{path}: {what}: package {package!r} is not "
+                                 "installed (pip install it)")
     for root in spec.submodule_search_locations:
         candidate = Path(root) / path
         if candidate.exists():
             return candidate
-    raise SourceError(f"package {package!r} has no file {path!r}")
+    raise MissingSourceError(f"{package}/{path}: {what}: package {package!r} has no such file")
 
 
-def expand_paths(patterns: list[str], base: Path | None = None) -> list[Path]:
-    """Expand files and glob patterns (relative to ``base``), in sorted order."""
+def expand_paths(patterns: list[str], base: Path | None = None, what: str = "file") -> list[Path]:
+    """Expand files and glob patterns (relative to ``base``), each pattern's matches sorted."""
     found: list[Path] = []
     for pattern in patterns:
-        full = str(base / pattern) if base is not None and not Path(pattern).is_absolute() else pattern
+        relative = base is not None and not Path(pattern).is_absolute()
+        full = str(base / pattern) if relative else pattern
         matches = sorted(glob.glob(full))
         if not matches:
-            what = "matches no file" if glob.has_magic(pattern) else "does not exist"
-            raise SourceError(f"{full}: {what}")
+            problem = "no file matches the pattern" if glob.has_magic(pattern) else (
+                "file does not exist")
+            raise MissingSourceError(f"{full}: {what}: {problem}")
         found.extend(Path(m) for m in matches)
     return found
 
 
-def _check_readable(path: Path) -> None:
-    """Reject files that are neither NetCDF (classic or HDF5) nor Zarr before xarray guesses."""
-    if path.is_dir():
-        if not any((path / name).exists() for name in ("zarr.json", ".zgroup", ".zattrs")):
-            raise SourceError(f"{path}: folder is not a Zarr store")
-        return
-    with open(path, "rb") as fh:
-        magic = fh.read(8)
-    if not (magic[:3] == b"CDF" or magic[:8] == b"\x89HDF\r\n\x1a\n"):
-        raise SourceError(f"{path}: not a NetCDF file (unrecognised header)")
+def source_paths(source: Source, spec_dir: Path | None, what: str) -> list[Path]:
+    """The files of a (non-synthetic) source."""
+    if source.package_file is not None:
+        return [package_file(source.package_file.package, source.package_file.path, what)]
+    return expand_paths(source.paths or [], spec_dir, what)
 
 
-def open_file(path: Path) -> xr.Dataset:
-    """Open one NetCDF file or Zarr store lazily, decoding times with cftime."""
-    _check_readable(path)
+def open_file(path: Path, what: str = "file") -> tuple[xr.Dataset, str]:
+    """Open one NetCDF file or Zarr store lazily (times as cftime); also its format."""
+    try:
+        kind = sniff(path)
+        check_complete(path, kind)
+    except FormatError as exc:
+        raise SourceError(f"{path}: {what}: file {exc}") from None
+    except OSError as exc:
+        raise SourceError(f"{path}: {what}: cannot be read ({exc.strerror})") from None
     coder = xr.coders.CFDatetimeCoder(use_cftime=True)
     try:
-        if path.is_dir():
-            return xr.open_zarr(path, decode_times=coder, consolidated=None)
-        return xr.open_dataset(path, engine="netcdf4", decode_times=coder, chunks={})
+        if kind == "zarr":
+            consolidated = (path / ".zmetadata").exists()  # Zarr 2; Zarr 3 needs no index
+            ds = xr.open_zarr(path, decode_times=coder, consolidated=consolidated, chunks=None)
+        else:
+            ds = xr.open_dataset(path, engine="netcdf4", decode_times=coder, chunks=None,
+                                 cache=False)
     except Exception as exc:  # noqa: BLE001 - any reader failure is bad input
-        raise SourceError(f"{path}: cannot be read ({exc.__class__.__name__}: {exc})") from exc
+        raise SourceError(
+            f"{path}: {what}: cannot be read ({exc.__class__.__name__}: {exc})"
+        ) from exc
+    return ds, kind
 
 
 def find_variable(ds: xr.Dataset, path: Path, name: str | None, standard_name: str | None) -> str:
     """The name of the requested variable in ``ds`` (by name, else by CF standard_name)."""
-    present = [v for v in ds.data_vars if ds[v].ndim >= 2]
+    present = ", ".join(str(v) for v in ds.data_vars if ds[v].ndim >= 2) or "none"
     if name is not None:
         if name in ds.data_vars:
             return name
-        raise SourceError(f"{path}: variable {name!r} not found; present: {', '.join(present)}")
+        raise MissingSourceError(
+            f"{path}: variable {name!r} not found; gridded variables present: {present}"
+        )
     matches = [v for v in ds.data_vars if ds[v].attrs.get("standard_name") == standard_name]
     if len(matches) == 1:
-        return matches[0]
-    problem = "no variable has" if not matches else f"{len(matches)} variables have"
-    raise SourceError(
-        f"{path}: {problem} standard_name {standard_name!r}; present: {', '.join(present)}"
+        return str(matches[0])
+    if matches:
+        raise SourceError(f"{path}: {len(matches)} variables have standard_name "
+                          f"{standard_name!r} ({', '.join(map(str, matches))}); give source_name")
+    raise MissingSourceError(f"{path}: no variable has standard_name {standard_name!r}; "
+                             f"gridded variables present: {present}")
+
+
+def _time_chunk(da: xr.DataArray) -> int:
+    step_bytes = max(1, int(np.prod([da.sizes[d] for d in da.dims if d != "time"])) * 4)
+    return max(1, CHUNK_BYTES // step_bytes)
+
+
+def read_piece(path: Path, ref: FieldRef, convention: str, need_time: bool = True) -> xr.DataArray:
+    """One variable of one file, lazy and chunked, on (time, lat, lon) (or (lat, lon))."""
+    ds, kind = open_file(path, describe(ref))
+    name = ref.source_name or (ref.name if ref.standard_name is None else None)
+    var = find_variable(ds, path, name, ref.standard_name)
+    where = f"{path}: variable {var!r}"
+    encoding = dict(ds[var].encoding)
+    da = rename_dims(ds[var])
+    if ref.level is not None:
+        da = select_level(da, ref.level, ref.level_units, where)
+    da = squeeze_extra(da, where, need_time)
+    check_axes(da, where)
+    dims = ("time", "lat", "lon") if need_time else ("lat", "lon")
+    chunks = {"time": _time_chunk(da)} if need_time else {}
+    da = da.chunk({**chunks, "lat": -1, "lon": -1}).transpose(*dims)
+    da.encoding = encoding
+    da = mask_invalid(da, from_netcdf=kind != "zarr")
+    da = convert_units(da, ref.units, ref.convert_to, where)
+    return orient(da, convention).rename(var)
+
+
+def _check_times(times: np.ndarray, where: str) -> None:
+    """Strictly increasing times, or a one-sentence SourceError."""
+    if len(set(times.tolist())) != len(times):
+        seen: set = set()
+        repeated = next(t for t in times.tolist() if t in seen or seen.add(t))
+        raise SourceError(f"{where}: has duplicated time steps ({repeated})")
+    later = times[1:] <= times[:-1]
+    if np.any(later):
+        i = int(np.flatnonzero(later)[0])
+        raise SourceError(f"{where}: has time steps out of order ({times[i + 1]} follows "
+                          f"{times[i]})")
+
+
+def _calendar(times: np.ndarray) -> str | None:
+    return getattr(times[0], "calendar", None) if len(times) else None
+
+
+def read_field(
+    paths: list[Path], ref: FieldRef, convention: str, need_time: bool = True
+) -> xr.DataArray:
+    """A variable from all ``paths``, in time order, grids, units and times checked."""
+    pieces = [(path, read_piece(path, ref, convention, need_time)) for path in paths]
+    first_path, first = pieces[0]
+    for path, da in pieces[1:]:
+        where = f"{path}: variable {da.name!r}"
+        if not need_time:
+            raise SourceError(f"{where}: a static covariate must come from one file, "
+                              f"not {len(paths)}")
+        dim = same_grid(first, da)
+        if dim is not None:
+            raise SourceError(f"{where}: has a {dim} grid that differs from {first_path}")
+        if da.attrs.get("units") != first.attrs.get("units"):
+            raise SourceError(f"{where}: has units {da.attrs.get('units')!r} but {first_path} "
+                              f"has {first.attrs.get('units')!r}")
+        if _calendar(da.time.values) != _calendar(first.time.values):
+            raise SourceError(f"{where}: uses the {_calendar(da.time.values)} calendar but "
+                              f"{first_path} uses {_calendar(first.time.values)}")
+    if need_time:
+        for path, da in pieces:
+            _check_times(da.time.values, f"{path}: variable {da.name!r}")
+        pieces.sort(key=lambda item: item[1].time.values[0])
+        for (path_a, a), (path_b, b) in zip(pieces[:-1], pieces[1:], strict=True):
+            if b.time.values[0] <= a.time.values[-1]:
+                raise SourceError(f"{path_b}: variable {b.name!r}: has time steps that overlap "
+                                  f"those of {path_a}")
+    das = [da for _, da in pieces]
+    da = das[0] if len(das) == 1 else xr.concat(
+        das, dim="time", join="override", coords="minimal", compat="override"
     )
-
-
-def standardise_grid(da: xr.DataArray, path: Path, var: str) -> xr.DataArray:
-    """Rename dimensions to (time, lat, lon), drop extra coords, make lat ascending."""
-    rename = {}
-    for dim in da.dims:
-        low = str(dim).lower()
-        if low in LAT_NAMES[:2] or da[dim].attrs.get("standard_name") == "latitude":
-            rename[dim] = "lat"
-        elif low in LON_NAMES[:2] or da[dim].attrs.get("standard_name") == "longitude":
-            rename[dim] = "lon"
-        elif low in ("time", "t") or da[dim].attrs.get("axis") == "T":
-            rename[dim] = "time"
-    da = da.rename(rename)
-    missing = {"time", "lat", "lon"} - set(da.dims)
-    if missing:
-        raise SourceError(
-            f"{path}: variable {var!r} lacks dimension(s) {sorted(missing)}; dims are {da.dims}"
-        )
-    extra = [d for d in da.dims if d not in ("time", "lat", "lon")]
-    for dim in extra:
-        if da.sizes[dim] != 1:
-            raise SourceError(
-                f"{path}: variable {var!r} has extra dimension {dim!r} of size {da.sizes[dim]};"
-                " select a level in the spec"
-            )
-        da = da.isel({dim: 0}, drop=True)
-    da = da.transpose("time", "lat", "lon")
-    keep = {"time", "lat", "lon"}
-    da = da.drop_vars([c for c in da.coords if c not in keep])
-    for dim in ("lat", "lon"):
-        values = np.asarray(da[dim].values, dtype=float)
-        step = np.diff(values)
-        if not (np.all(step > 0) or np.all(step < 0)):
-            raise SourceError(f"{path}: variable {var!r} has a non-monotonic {dim} axis")
-    if da.lat.size > 1 and da.lat.values[1] < da.lat.values[0]:
-        da = da.isel(lat=slice(None, None, -1))
+    da.attrs = dict(first.attrs, sgm_source=_label(paths))
     return da
+
+
+def _label(paths: list[Path]) -> str:
+    """The source files, for messages: one path, or the first and a count."""
+    return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more files)"

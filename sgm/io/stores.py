@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,11 @@ def write_store(ds: xr.Dataset, path: str | Path, attrs: dict[str, Any] | None =
 
         group = zarr.open_group(tmp, mode="r+")
         group.attrs[COMPLETE_ATTR] = 1
+        with warnings.catch_warnings():
+            # Consolidated metadata is a zarr-python extension to format 3; readers that ignore
+            # it still read the store. It lets `xr.open_zarr(path)` open without warnings.
+            warnings.simplefilter("ignore", category=UserWarning)
+            zarr.consolidate_metadata(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(path, old)
@@ -74,7 +80,7 @@ def open_store(path: str | Path) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: store does not exist")
-    ds = xr.open_zarr(path, consolidated=False)
+    ds = xr.open_zarr(path)
     if int(ds.attrs.get(COMPLETE_ATTR, 0)) != 1:
         raise IncompleteStoreError(f"{path}: store is incomplete (an interrupted write?); rerun")
     return ds

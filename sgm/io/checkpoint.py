@@ -1,0 +1,155 @@
+"""Atomic, pickle-free checkpoint files.
+
+A file is written as: temporary file in the destination folder -> ``torch.save`` ->
+flush -> fsync -> ``os.replace`` onto the final name -> fsync of the folder. A reader
+therefore sees either the previous complete file or the new complete file, never a
+partial one, even if the writer is killed (SIGKILL, node failure). Loading uses
+``torch.load(weights_only=True)``, so a file can hold only tensors and plain Python
+data (numbers, strings, bools, None, lists, tuples, dicts) and never executes pickled
+code; :func:`save_checkpoint` and :func:`save_model` refuse anything else up front.
+
+This module knows files, not models: the caller assembles the state dict.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "list_checkpoints",
+    "load_latest_checkpoint",
+    "load_model_file",
+    "save_checkpoint",
+    "save_model",
+]
+
+logger = logging.getLogger(__name__)
+
+_CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.pt$")
+_TMP_PREFIX = ".tmp-"
+_PLAIN = (int, float, bool, str, type(None), torch.Tensor)
+
+
+def _check_plain(obj: Any, where: str = "state") -> None:
+    """Raise TypeError unless obj is made only of tensors and plain Python data."""
+    if isinstance(obj, _PLAIN):
+        return
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(key, int | str):
+                raise TypeError(f"{where}: key {key!r} is not a str or int")
+            _check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, list | tuple):
+        for i, value in enumerate(obj):
+            _check_plain(value, f"{where}[{i}]")
+        return
+    raise TypeError(
+        f"{where} is a {type(obj).__name__}; only tensors and plain Python data can be saved"
+    )
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename in ``directory`` (no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_save(state: Mapping[str, Any], path: Path) -> None:
+    """torch.save ``state`` to ``path`` via temp file + fsync + os.replace."""
+    _check_plain(state)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
+    """(step, path) of every ``ckpt-{step:08d}.pt`` in ``directory``, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for p in directory.iterdir():
+        m = _CKPT_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def save_checkpoint(state: dict[str, Any], directory: Path, step: int, keep: int = 2) -> Path:
+    """Atomically write ``directory/ckpt-{step:08d}.pt`` and keep only the newest ``keep``.
+
+    Leftover temporary files of killed writers are removed too; one writer per folder
+    is assumed (rank 0 in distributed training).
+
+    Returns:
+        The path written.
+    """
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    directory = Path(directory)
+    for stale in directory.glob(_TMP_PREFIX + "ckpt-*"):
+        stale.unlink(missing_ok=True)
+    path = directory / f"ckpt-{step:08d}.pt"
+    _atomic_save(state, path)
+    for _, old in list_checkpoints(directory)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest_checkpoint(directory: Path) -> dict[str, Any] | None:
+    """Load the newest readable checkpoint of ``directory`` (None if there is none).
+
+    A newest file that does not load (truncated, corrupt) is skipped with a warning and
+    the previous one is tried, and so on.
+    """
+    for step, path in reversed(list_checkpoints(directory)):
+        try:
+            return load_model_file(path)
+        except Exception as err:  # noqa: BLE001 - any unreadable file means "try older"
+            logger.warning("checkpoint %s (step %d) does not load, skipping: %s", path, step, err)
+    return None
+
+
+def save_model(path: Path, state: dict[str, Any]) -> None:
+    """Atomically write a plain-data state dict (e.g. final EMA weights + config)."""
+    _atomic_save(state, Path(path))
+
+
+def load_model_file(path: Path) -> dict[str, Any]:
+    """Load a file written by :func:`save_model`/:func:`save_checkpoint` onto the CPU.
+
+    Raises:
+        pickle.UnpicklingError (or RuntimeError): the file holds pickled objects or is
+        corrupt; ``weights_only=True`` never executes them.
+    """
+    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise TypeError(f"{path} holds a {type(state).__name__}, expected a dict")
+    return state
