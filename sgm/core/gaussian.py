@@ -34,7 +34,9 @@ class GaussianRandomField:
 
     (the Matern spectral density in 2-D, Lindgren et al. 2011), normalised so that the
     marginal variance c(0) = mean_k P(k) equals ``variance`` exactly on the grid.
-    The covariance is circulant: C = F^-1 diag(P) F, with F the 2-D DFT.
+    The covariance is circulant: C = F^-1 diag(P) F, with F the 2-D DFT. For l well below
+    the domain size, c(r) / c(0) is the Matern correlation with kappa = sqrt(2 nu) / l,
+    e.g. (1 + sqrt(3) r / l) exp(-sqrt(3) r / l) for nu = 3/2 (r, l in pixels).
     """
 
     def __init__(

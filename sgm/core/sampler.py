@@ -47,6 +47,7 @@ def _per_sample_normal(
     )
 
 
+@torch.no_grad()
 def edm_sampler(
     denoise: Denoiser,
     shape: tuple[int, int, int],
@@ -76,7 +77,9 @@ def edm_sampler(
                 x_{i+1} = x_hat + (t_{i+1} - t_hat) (d_i + d'_i) / 2
 
     churn = 0 gives the deterministic probability-flow ODE solver (EDM Algorithm 1).
-    The state is integrated in float64 (as in NVlabs/edm); ``denoise`` receives ``dtype``.
+    The state is integrated in float64 (as in NVlabs/edm; float32 on MPS, which lacks
+    float64); ``denoise`` receives ``dtype``. Runs under ``torch.no_grad()`` (a guidance
+    term that needs gradients can re-enable them inside ``denoise``).
 
     Args:
         denoise: ``denoise(x[B, C, H, W], sigma[B]) -> D[B, C, H, W]``; the caller closes
@@ -96,10 +99,11 @@ def edm_sampler(
     """
     if len(seeds) == 0:
         raise ValueError("seeds is empty: give one seed per sample.")
-    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).flatten()
+    sigmas = torch.as_tensor(sigmas).detach().to("cpu", torch.float64).flatten()
     if sigmas.numel() < 2 or sigmas[-1] != 0 or bool((sigmas[1:] >= sigmas[:-1]).any()):
         raise ValueError("sigmas must be strictly decreasing with at least 2 entries, ending in 0.")
     device = torch.device(device) if device is not None else torch.device("cpu")
+    state = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
     steps = sigmas.numel() - 1
     batch = len(seeds)
     gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
@@ -107,9 +111,9 @@ def edm_sampler(
 
     def d_of(x: Tensor, t: float) -> Tensor:
         sigma = torch.full((batch,), t, device=device, dtype=dtype)
-        return denoise(x.to(dtype), sigma).to(torch.float64)
+        return denoise(x.to(dtype), sigma).to(state)
 
-    x_next = _per_sample_normal(gens, shape, device, dtype).to(torch.float64) * t_steps[0]
+    x_next = _per_sample_normal(gens, shape, device, dtype).to(state) * t_steps[0]
     gamma_max = min(churn / steps, math.sqrt(2.0) - 1.0) if churn > 0 else 0.0
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:], strict=True)):
         x_cur = x_next
@@ -118,7 +122,7 @@ def edm_sampler(
         gamma = gamma_max if s_tmin <= t_cur <= s_tmax else 0.0
         t_hat = t_cur + gamma * t_cur
         if gamma > 0.0:
-            eps = _per_sample_normal(gens, shape, device, dtype).to(torch.float64)
+            eps = _per_sample_normal(gens, shape, device, dtype).to(state)
             x_hat = x_cur + math.sqrt(t_hat**2 - t_cur**2) * s_noise * eps
         else:
             x_hat = x_cur

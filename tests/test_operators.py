@@ -1,0 +1,214 @@
+"""Tests of the linear observation operators in sgm.core.operators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sgm.core.operators import (
+    Blur,
+    Coarsen,
+    ObservationOperator,
+    SparseMask,
+    build_operator,
+)
+
+GRID = (32, 24)
+
+
+def _ramp(grid: tuple[int, int], a: float, b: float, c: float) -> torch.Tensor:
+    i, j = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float64),
+        torch.arange(grid[1], dtype=torch.float64),
+        indexing="ij",
+    )
+    return a * i + b * j + c
+
+
+def _smooth(grid: tuple[int, int]) -> torch.Tensor:
+    """A smooth periodic field with wavelengths of 16+ pixels, amplitude ~1."""
+    i, j = torch.meshgrid(
+        torch.arange(grid[0], dtype=torch.float64),
+        torch.arange(grid[1], dtype=torch.float64),
+        indexing="ij",
+    )
+    return torch.sin(2 * torch.pi * i / grid[0]) * torch.cos(2 * torch.pi * j / grid[1]) + 0.3 * (
+        torch.cos(2 * torch.pi * (i / grid[0] + j / grid[1]))
+    )
+
+
+def _operators() -> list[ObservationOperator]:
+    return [
+        Coarsen(GRID, 4),
+        Coarsen(GRID, 2),
+        SparseMask(GRID, fraction=0.1, seed=3),
+        SparseMask(GRID, points=[(0, 0), (5, 7), (31, 23), (10, 2)]),
+        Blur(GRID, 1.5, boundary="periodic"),
+        Blur(GRID, 2.0, boundary="reflect"),
+    ]
+
+
+# ---------------------------------------------------------------- Coarsen
+
+
+def test_coarsen_constant_and_linear_field() -> None:
+    op = Coarsen(GRID, 4)
+    y = op.apply(torch.full((2, *GRID), 3.5, dtype=torch.float64))
+    assert y.shape == (2, 8, 6)
+    torch.testing.assert_close(y, torch.full_like(y, 3.5))
+    # Block mean of a linear field = its value at the block centre I*f + (f-1)/2.
+    y = op.apply(_ramp(GRID, 0.7, -0.2, 1.0))
+    ci = torch.arange(8, dtype=torch.float64)[:, None] * 4 + 1.5
+    cj = torch.arange(6, dtype=torch.float64)[None, :] * 4 + 1.5
+    torch.testing.assert_close(y, 0.7 * ci - 0.2 * cj + 1.0)
+
+
+def test_coarsen_to_grid_replicates_blocks() -> None:
+    op = Coarsen(GRID, 4)
+    y = torch.randn(3, 8, 6, dtype=torch.float64)
+    g = op.to_grid(y)
+    assert g.shape == (3, op.cond_channels, *GRID) == (3, 1, 32, 24)
+    assert torch.equal(g[:, 0, 4:8, 8:12], y[:, 1:2, 2:3].expand(3, 4, 4))
+    torch.testing.assert_close(op.apply(g[:, 0]), y)  # block means of the replicated field
+
+
+def test_coarsen_baseline_geometry_and_accuracy() -> None:
+    op = Coarsen(GRID, 4)
+    # Bicubic (a = -0.75) on block centres: on a ramp the interior error oscillates with zero
+    # mean; a half-pixel geometry error would shift it by 0.5 * slope = 0.5.
+    x = _ramp(GRID, 1.0, 0.0, 0.0)
+    err = (op.baseline(op.apply(x)) - x)[8:-8, 8:-8]
+    assert abs(float(err.mean())) < 1e-9
+    assert float(err.abs().max()) < 0.2
+    # A smooth field is recovered far better than by block replication.
+    x = _smooth(GRID)
+    y = op.apply(x)
+    rms_bicubic = float((op.baseline(y) - x).pow(2).mean().sqrt())
+    rms_nearest = float((op.to_grid(y)[0] - x).pow(2).mean().sqrt())
+    assert rms_bicubic < 0.06
+    assert rms_bicubic < 0.6 * rms_nearest
+
+
+def test_coarsen_rejects_non_divisible_grid() -> None:
+    with pytest.raises(ValueError, match="not divisible"):
+        Coarsen((30, 24), 4)
+    with pytest.raises(ValueError, match="positive integer"):
+        Coarsen(GRID, 0)
+
+
+# ---------------------------------------------------------------- SparseMask
+
+
+def test_sparse_points_are_sorted_unique_and_seeded() -> None:
+    op = SparseMask(GRID, fraction=0.1, seed=3)
+    idx = op.index.numpy()
+    assert op.n_points == round(0.1 * 32 * 24) == 77
+    assert np.all(np.diff(idx) > 0)
+    assert np.array_equal(idx, SparseMask(GRID, fraction=0.1, seed=3).index.numpy())
+    assert not np.array_equal(idx, SparseMask(GRID, fraction=0.1, seed=4).index.numpy())
+    assert op.obs_shape(GRID) == (77,)
+
+
+def test_sparse_apply_to_grid_and_baseline() -> None:
+    pts = [(0, 0), (5, 7), (31, 23), (10, 2)]
+    op = SparseMask(GRID, points=pts)
+    x = torch.randn(2, *GRID, dtype=torch.float64)
+    y = op.apply(x)
+    # Sorted row-major order: (0,0), (5,7), (10,2), (31,23).
+    torch.testing.assert_close(y, x[:, [0, 5, 10, 31], [0, 7, 2, 23]])
+    g = op.to_grid(y)
+    assert g.shape == (2, 2, *GRID)
+    mask = torch.zeros(GRID, dtype=torch.float64)
+    for i, j in pts:
+        mask[i, j] = 1.0
+    assert torch.equal(g[:, 1], mask.expand(2, *GRID))
+    assert torch.equal(g[:, 0], x * mask)
+    # Nearest-neighbour fill: every pixel takes the value of a point at minimal distance.
+    b = op.baseline(y)
+    pa = torch.tensor(pts, dtype=torch.float64)
+    ii, jj = torch.meshgrid(torch.arange(32.0), torch.arange(24.0), indexing="ij")
+    d2 = (ii[..., None] - pa[:, 0]) ** 2 + (jj[..., None] - pa[:, 1]) ** 2
+    vals = x[:, pa[:, 0].long(), pa[:, 1].long()]  # [2, n] in pts order
+    chosen = (b[..., None] == vals[:, None, None, :]) & (d2 == d2.min(-1, keepdim=True).values)
+    assert bool(chosen.any(-1).all())
+
+
+def test_sparse_baseline_of_smooth_field() -> None:
+    op = SparseMask(GRID, fraction=0.25, seed=0)
+    x = _smooth(GRID)
+    b = op.baseline(op.apply(x))
+    assert torch.equal(b.flatten()[op.index], x.flatten()[op.index])
+    # Nearest fill of 25 % of the pixels: error well below the field's own spread.
+    assert float((b - x).pow(2).mean().sqrt()) < 0.3 * float(x.std())
+
+
+def test_sparse_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        SparseMask(GRID)
+    with pytest.raises(ValueError, match="inside the grid"):
+        SparseMask(GRID, points=[(32, 0)])
+    with pytest.raises(ValueError, match="fraction"):
+        SparseMask(GRID, fraction=1.5)
+
+
+# ---------------------------------------------------------------- Blur
+
+
+def test_blur_preserves_constants_and_mean() -> None:
+    for boundary in ("periodic", "reflect"):
+        op = Blur(GRID, 2.0, boundary=boundary)
+        torch.testing.assert_close(
+            op.apply(torch.full(GRID, 2.0, dtype=torch.float64)),
+            torch.full(GRID, 2.0, dtype=torch.float64),
+        )
+    op = Blur(GRID, 2.0)
+    x = torch.randn(*GRID, dtype=torch.float64)
+    y = op.apply(x)
+    torch.testing.assert_close(y.mean(), x.mean())  # circulant: mass preserving
+    assert float(y.std()) < 0.5 * float(x.std())  # white noise is strongly smoothed
+
+
+# ---------------------------------------------------------------- all operators
+
+
+@pytest.mark.parametrize("op", _operators(), ids=repr)
+def test_matrix_agrees_with_apply(op: ObservationOperator) -> None:
+    x = torch.randn(5, *GRID, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a = op.matrix()
+    n_obs = int(np.prod(op.obs_shape(GRID)))
+    assert a.shape == (n_obs, GRID[0] * GRID[1])
+    y = op.apply(x).reshape(5, -1).numpy()
+    np.testing.assert_allclose(x.reshape(5, -1).numpy() @ a.T, y, atol=1e-12)
+    # The specialised matrix equals the generic one built column by column.
+    np.testing.assert_allclose(a, ObservationOperator.matrix(op), atol=1e-14)
+
+
+@pytest.mark.parametrize("op", _operators(), ids=repr)
+def test_shapes_and_round_trip(op: ObservationOperator) -> None:
+    x = torch.randn(3, 2, *GRID)
+    y = op.apply(x)
+    assert y.shape == (3, 2, *op.obs_shape(GRID))
+    assert len(op.obs_dims) == len(op.obs_shape(GRID))
+    assert op.to_grid(y).shape == (3, 2, op.cond_channels, *GRID)
+    assert op.baseline(y).shape == (3, 2, *GRID)
+    cfg = op.to_dict()
+    clone = build_operator(cfg, GRID)
+    assert type(clone) is type(op)
+    assert clone.to_dict() == cfg
+    np.testing.assert_array_equal(clone.matrix(), op.matrix())
+
+
+def test_build_operator_errors_name_the_problem() -> None:
+    assert isinstance(build_operator({"kind": "coarsen", "factor": 4}, GRID), Coarsen)
+    assert build_operator({"kind": "sparse", "fraction": 0.1, "seed": 0}, GRID).n_points == 77
+    with pytest.raises(ValueError, match="'wavelet'"):
+        build_operator({"kind": "wavelet"}, GRID)
+    with pytest.raises(ValueError, match="'factr'"):
+        build_operator({"kind": "coarsen", "factr": 4}, GRID)
+    with pytest.raises(ValueError, match="'kind'"):
+        build_operator({"factor": 4}, GRID)
+    with pytest.raises(ValueError, match="coarsen"):
+        build_operator({"kind": "coarsen"}, GRID)  # missing factor
+    with pytest.raises(ValueError, match="not divisible"):
+        build_operator({"kind": "coarsen", "factor": 5}, GRID)
