@@ -37,9 +37,9 @@ DDP_SCRIPT = textwrap.dedent(
     from sgm.core.training import TrainSettings, train
     from sgm.io.checkpoint import save_model
 
-    def make_cond(x0, g):  # 2x2 block means + fresh noise, drawn for the global batch
+    def make_pair(x0, g):  # 2x2 block means + fresh noise, drawn for the global batch
         y = F.interpolate(F.avg_pool2d(x0, 2), scale_factor=2.0, mode="nearest")
-        return y + 0.1 * torch.randn(y.shape, generator=g, device=y.device)
+        return x0, y + 0.1 * torch.randn(y.shape, generator=g, device=y.device)
 
     def run(workdir):
         torch.manual_seed(int(os.environ.get("RANK", "0")))  # rank 1's init is overwritten
@@ -47,7 +47,7 @@ DDP_SCRIPT = textwrap.dedent(
         precond = EDMPrecond(build_unet("tiny", 2, 1, base_channels=8))
         settings = TrainSettings(steps=16, batch_size=8, lr=2e-3, lr_warmup_steps=4,
                                  log_every=2, checkpoint_every=8, ema_beta=0.9, seed=7)
-        result = train(precond, data, make_cond, settings, Path(workdir), progress=False)
+        result = train(precond, data, make_pair, settings, Path(workdir), progress=False)
         if result is not None:
             save_model(Path(workdir) / "ema.pt", {k: v for k, v in
                                                   result.ema.state_dict().items()})

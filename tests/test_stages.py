@@ -14,7 +14,13 @@ import yaml
 from sgm.cli import main
 from sgm.core.operators import build_operator
 from sgm.io.stores import IncompleteStoreError, open_store, write_store
-from sgm.stages.conditioning import Standardiser, conditioning, training_conditioner
+from sgm.stages.conditioning import (
+    ResidualTarget,
+    Standardiser,
+    conditioning,
+    residual_scale,
+    training_pairs,
+)
 from sgm.stages.ingest import ingest
 from sgm.stages.observe import observe
 from sgm.stages.sample import gather_shards, sample_stage, shard_times
@@ -63,19 +69,36 @@ def test_standardiser_round_trip() -> None:
     assert torch.allclose(st.noise({"a": 1.0, "b": 1.0}), torch.tensor([0.1, 0.5]))
 
 
-def test_training_conditioner_observes_with_fresh_noise() -> None:
+def test_training_pairs_observe_with_fresh_noise() -> None:
     op = build_operator({"kind": "coarsen", "factor": 2}, (4, 4))
     static = torch.full((1, 4, 4), 7.0)
     x0 = torch.randn(5, 1, 4, 4)
     exact = conditioning(op, op.apply(x0), static)
     assert exact.shape == (5, 2, 4, 4) and torch.all(exact[:, 1] == 7.0)
-    noiseless = training_conditioner(op, torch.tensor([0.0]), static)
-    assert torch.allclose(noiseless(x0, torch.Generator().manual_seed(0)), exact)
-    noisy = training_conditioner(op, torch.tensor([0.5]), static)
-    a, b = (noisy(x0, torch.Generator().manual_seed(s)) for s in (0, 1))
+    target, cond = training_pairs(op, torch.tensor([0.0]), static, None)(
+        x0, torch.Generator().manual_seed(0))
+    assert torch.equal(target, x0) and torch.allclose(cond, exact)
+    noisy = training_pairs(op, torch.tensor([0.5]), static, None)
+    (_, a), (_, b) = (noisy(x0, torch.Generator().manual_seed(s)) for s in (0, 1))
     assert not torch.allclose(a, b)
     resid = (a[:, 0] - exact[:, 0]).std()
     assert 0.3 < float(resid) < 0.7  # noise of std 0.5, replicated over 2×2 blocks
+
+
+def test_residual_target_round_trip_and_scale() -> None:
+    op = build_operator({"kind": "coarsen", "factor": 4}, (8, 8))
+    z = torch.randn(200, 1, 8, 8)
+    noise = torch.tensor([0.1])
+    scale = residual_scale(op, z, noise)
+    # white noise: the bicubic baseline of block means explains little, the residual std is ~1
+    assert 0.85 < float(scale) < 1.05
+    smooth = z.mean(dim=(2, 3), keepdim=True).expand(-1, -1, 8, 8).contiguous()
+    assert float(residual_scale(op, smooth, torch.tensor([0.0]))) < 1e-4 + 1e-6
+    target = ResidualTarget(op, scale)
+    make_pair = training_pairs(op, noise, None, target)
+    r, cond = make_pair(z[:4], torch.Generator().manual_seed(2))
+    y = cond[:, :1, ::4, ::4]  # nearest-upsampled observation → the coarse values
+    assert torch.allclose(target.inverse(r, y), z[:4], atol=1e-5)
 
 
 def test_fields_and_obs(pipeline: Path) -> None:

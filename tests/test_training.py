@@ -44,10 +44,10 @@ def toy_fields(n: int, hw: int, seed: int) -> Tensor:
     return fields / fields.std()
 
 
-def coarse_obs(x0: Tensor, generator: torch.Generator) -> Tensor:
-    """Observation operator: 4x4 block means, upsampled back, plus fresh N(0, 0.1^2) noise."""
+def coarse_obs(x0: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Training pair (x0, y): y = 4x4 block means, upsampled back, plus fresh N(0, 0.1^2) noise."""
     y = F.interpolate(F.avg_pool2d(x0, 4), scale_factor=4.0, mode="nearest")
-    return y + 0.1 * torch.randn(y.shape, generator=generator, device=y.device)
+    return x0, y + 0.1 * torch.randn(y.shape, generator=generator, device=y.device)
 
 
 def read_loss_csv(path: Path) -> list[dict[str, str]]:
@@ -88,7 +88,7 @@ def test_training_lowers_the_loss(tmp_path: Path) -> None:
 
     # held-out denoising at fixed noise levels: the EMA net beats the untrained one (loss 1)
     test = toy_fields(64, 12, seed=99)
-    cond = coarse_obs(test, torch.Generator().manual_seed(0))
+    _, cond = coarse_obs(test, torch.Generator().manual_seed(0))
     loss_fn = EDMLoss()
     assert not result.ema.training
     with torch.no_grad():
@@ -162,10 +162,10 @@ KILL_SCRIPT = textwrap.dedent(
         settings = TrainSettings(steps=30, batch_size=4, lr=1e-3, log_every=3,
                                  checkpoint_every=5, seed=1)
         if pace:  # slow the first run down so that it is killed mid-way on any machine
-            make_cond = lambda x, g: (time.sleep(pace), x[:, :0])[1]
+            make_pair = lambda x, g: (time.sleep(pace), (x, None))[1]
         else:
-            make_cond = None
-        return train(precond, data, make_cond, settings, Path(workdir), progress=False)
+            make_pair = None
+        return train(precond, data, make_pair, settings, Path(workdir), progress=False)
 
     if __name__ == "__main__":
         result = run(sys.argv[1], float(sys.argv[2]))

@@ -3,9 +3,9 @@
 One step, following EDM ``training_loop.py`` (Karras et al. 2022, Sec. 5):
 
     i_1..i_B ~ U{0..N-1}                         batch indices     (generator "index")
-    y        = make_cond(x_0[i], g_cond)         conditioning with fresh observation noise
+    t, y     = make_pair(x_0[i], g_cond)         target and conditioning, fresh observation noise
     sigma, n ~ EDMLoss.draw                      ln sigma ~ N(P_mean, P_std^2), n ~ N(0, I)
-    L        = mean_b lambda(sigma_b) ||D(x_0 + sigma_b n_b; sigma_b, y_b) - x_0||^2
+    L        = mean_b lambda(sigma_b) ||D(t + sigma_b n_b; sigma_b, y_b) - t||^2
     theta    <- Adam(theta, clip(grad L)),       lr = lr_max min(1, (k + 1) / warmup)
     theta_ema <- EMA update (warm-up decay)
 
@@ -46,7 +46,7 @@ from sgm.io.checkpoint import load_latest_checkpoint, save_checkpoint
 __all__ = ["LOSS_HEADER", "TrainResult", "TrainSettings", "train"]
 
 LOSS_HEADER = "step,loss,sigma_median,lr,wall_s"
-MakeCond = Callable[[Tensor, torch.Generator], Tensor]
+MakePair = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor | None]]
 
 
 @dataclass
@@ -177,7 +177,7 @@ class _LossLog:
 def train(
     precond: EDMPrecond,
     data: Tensor,
-    make_cond: MakeCond | None,
+    make_pair: MakePair | None,
     settings: TrainSettings,
     workdir: Path,
     log: logging.Logger | None = None,
@@ -187,7 +187,9 @@ def train(
     ``workdir/checkpoints`` if a checkpoint exists.
 
     Args:
-        make_cond: ``make_cond(x0[B, C, H, W], generator) -> cond[B, K, H, W]``, called
+        make_pair: ``make_pair(x0[B, C, H, W], generator) -> (target[B, C, H, W],
+            cond[B, K, H, W] | None)``: the training pair made from a clean batch (the target
+            is x0 itself or a transform of it, e.g. a residual from a baseline); called
             every step on the clean global batch (None when K = 0).
         settings: see :class:`TrainSettings`; ``batch_size`` must divide by WORLD_SIZE.
         workdir: receives ``loss.csv`` and ``checkpoints/``.
@@ -201,7 +203,7 @@ def train(
         raise ValueError("need steps >= 0, log_every >= 1, batch_size >= 1")
     ddp, device = _setup(s.device)
     try:
-        return _train(precond, data, make_cond, s, Path(workdir), log, progress, ddp, device)
+        return _train(precond, data, make_pair, s, Path(workdir), log, progress, ddp, device)
     finally:
         if ddp.owns_group:
             dist.destroy_process_group()
@@ -210,7 +212,7 @@ def train(
 def _train(
     precond: EDMPrecond,
     data: Tensor,
-    make_cond: MakeCond | None,
+    make_pair: MakePair | None,
     s: TrainSettings,
     workdir: Path,
     log: logging.Logger,
@@ -306,7 +308,7 @@ def _train(
     while step < s.steps:
         idx = torch.randint(data.shape[0], (s.batch_size,), generator=gens["index"])
         x0 = data[idx.to(device)]
-        cond = make_cond(x0, gens["cond"]) if make_cond is not None else None
+        x0, cond = make_pair(x0, gens["cond"]) if make_pair is not None else (x0, None)
         sigma, noise = loss_fn.draw(x0, gens["noise"])
         lr = _lr_at(step, s)
         for group in opt.param_groups:

@@ -80,7 +80,11 @@ def open_store(path: str | Path) -> xr.Dataset:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: store does not exist")
-    ds = xr.open_zarr(path)
+    with warnings.catch_warnings():
+        # Stores from write_store have consolidated metadata; others are read without it and
+        # then refused below for lacking the completeness mark.
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        ds = xr.open_zarr(path)
     if int(ds.attrs.get(COMPLETE_ATTR, 0)) != 1:
         raise IncompleteStoreError(f"{path}: store is incomplete (an interrupted write?); rerun")
     return ds

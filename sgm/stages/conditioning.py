@@ -92,18 +92,61 @@ def conditioning(op: ObservationOperator, y: Tensor, static: Tensor | None) -> T
     return cond
 
 
-def training_conditioner(
-    op: ObservationOperator, noise_std: Tensor, static: Tensor | None
-) -> Callable[[Tensor, torch.Generator], Tensor]:
-    """``make_cond(x0, generator)``: observe a clean standardised batch with fresh noise.
+class ResidualTarget:
+    """The denoiser's target: r = (z − b(y)) / s, with b the operator's baseline (e.g. bicubic).
 
-    y = A(x0) + η·ε with ε drawn from ``generator``, then :func:`conditioning`.
+    Learning the residual from a deterministic baseline (as in CorrDiff, Mardani et al. 2024)
+    keeps the target stationary when the climate drifts away from the training years, and puts
+    the posterior's spread at O(1) in the model's units, where EDM's noise-level distribution is
+    tuned. ``scale`` [C] is the residual's std on the training split. The map z ↦ r is affine
+    for fixed y, so the posterior p(z | y) follows exactly from p(r | y).
     """
 
-    def make_cond(x0: Tensor, generator: torch.Generator) -> Tensor:
-        clean = op.apply(x0)
-        eps = torch.randn(clean.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        eta = noise_std.to(x0).view(1, -1, *([1] * (clean.ndim - 2)))
-        return conditioning(op, clean + eta * eps, static)
+    def __init__(self, op: ObservationOperator, scale: Tensor) -> None:
+        self.op, self.scale = op, scale
 
-    return make_cond
+    def _scale(self, z: Tensor) -> Tensor:
+        return self.scale.to(z).view(1, -1, 1, 1)
+
+    def forward(self, z: Tensor, y: Tensor) -> Tensor:
+        """Standardised field z [B, C, H, W] and observation y [B, C, *obs] → target."""
+        return (z - self.op.baseline(y)) / self._scale(z)
+
+    def inverse(self, r: Tensor, y: Tensor) -> Tensor:
+        return self.op.baseline(y) + r * self._scale(r)
+
+
+def observe(op: ObservationOperator, z: Tensor, noise_std: Tensor, generator: torch.Generator
+            ) -> Tensor:
+    """y = A(z) + η·ε with ε drawn from ``generator``; ``noise_std`` [C] in standardised units."""
+    clean = op.apply(z)
+    eps = torch.randn(clean.shape, generator=generator, device=z.device, dtype=z.dtype)
+    return clean + noise_std.to(z).view(1, -1, *([1] * (clean.ndim - 2))) * eps
+
+
+def residual_scale(op: ObservationOperator, z: Tensor, noise_std: Tensor, seed: int = 0
+                   ) -> Tensor:
+    """Per-variable std of z − b(y) over standardised training fields z [N, C, H, W]: [C]."""
+    y = observe(op, z, noise_std, torch.Generator(device=z.device).manual_seed(seed))
+    resid = z - op.baseline(y)
+    return resid.transpose(0, 1).reshape(z.shape[1], -1).std(dim=1).clamp_min(1e-6)
+
+
+def training_pairs(
+    op: ObservationOperator,
+    noise_std: Tensor,
+    static: Tensor | None,
+    target: ResidualTarget | None,
+) -> Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]:
+    """``make_pair(z, generator)``: observe a clean standardised batch with fresh noise.
+
+    Returns the denoiser's target (z itself, or its residual when ``target`` is given) and the
+    conditioning channels of :func:`conditioning`.
+    """
+
+    def make_pair(z: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        y = observe(op, z, noise_std, generator)
+        cond = conditioning(op, y, static)
+        return (z if target is None else target.forward(z, y)), cond
+
+    return make_pair

@@ -1,60 +1,48 @@
-"""Stage ``ingest``: a data spec's sources → ``fields.zarr``.
+"""Stage ``ingest``: a data spec's sources → ``fields.zarr`` (and ``paired.zarr``).
 
 The store holds every target variable on (time, lat, lon) in physical units with CF attributes,
-the split label of every time step, and normalisation statistics computed on the training split
-only. All checks run before anything is written, so bad input leaves no store behind.
+static covariates as ``static_<name>`` on (lat, lon), the split label of every time step, and
+normalisation statistics computed on the training split only.
+
+Sources are read lazily in dask chunks along time, so inputs larger than memory stream through:
+one pass checks missing values and computes the statistics, a second writes the store. All
+checks run before anything is written, so bad input leaves no store behind. netCDF-C is not
+thread-safe, so every computation runs on dask's synchronous scheduler.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import cftime
+import dask
 import numpy as np
 import xarray as xr
 
-from sgm.config import DataSpec, GaussianFieldSource, Variable, load_spec
+from sgm.config import SPLITS, DataSpec, GaussianFieldSource, StaticField, Variable, load_spec
+from sgm.io.grid import crop_to_factor, same_grid, select_region
 from sgm.io.sources import (
+    CHUNK_BYTES,
+    MissingSourceError,
     SourceError,
-    expand_paths,
-    find_variable,
-    open_file,
-    package_file,
-    standardise_grid,
+    bounded_reading,
+    describe,
+    read_field,
+    source_paths,
 )
 from sgm.io.stores import write_store
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
 
-
-def _read_variable(paths: list[Path], var: Variable) -> xr.DataArray:
-    """One variable from all files, concatenated along time, grids checked to match."""
-    pieces = []
-    for path in paths:
-        ds = open_file(path)
-        name = find_variable(ds, path, var.source_name, var.standard_name)
-        da = standardise_grid(ds[name], path, name)
-        units = da.attrs.get("units")
-        if var.units is not None and units != var.units:
-            raise SourceError(
-                f"{path}: variable {name!r} has units {units!r} but the spec expects {var.units!r}"
-            )
-        if pieces:
-            first = pieces[0]
-            for dim in ("lat", "lon"):
-                same = first[dim].size == da[dim].size and np.allclose(first[dim], da[dim])
-                if not same:
-                    raise SourceError(
-                        f"{path}: variable {name!r} has a {dim} grid that differs from {paths[0]}"
-                    )
-        pieces.append(da)
-    da = pieces[0] if len(pieces) == 1 else xr.concat(pieces, dim="time", join="exact")
-    da.attrs = dict(pieces[0].attrs)
-    da.attrs["sgm_source"] = ", ".join(str(p) for p in paths)
-    return da.rename(var.name)
+def compute(*objects: Any) -> tuple:
+    """Compute dask-backed objects together (sources read once), converting read failures."""
+    try:
+        return dask.compute(*objects, scheduler="synchronous")
+    except (OSError, RuntimeError) as exc:
+        raise SourceError(f"reading failed ({exc.__class__.__name__}: {exc})") from exc
 
 
 def _synthetic(src: GaussianFieldSource, var: Variable) -> tuple[xr.DataArray, dict]:
@@ -77,86 +65,168 @@ def _synthetic(src: GaussianFieldSource, var: Variable) -> tuple[xr.DataArray, d
     return da, field.to_dict()
 
 
-def _crop_to_factor(da: xr.DataArray, factor: int) -> xr.DataArray:
-    """Drop trailing rows/columns so that the grid divides the coarsening factor."""
-    ny, nx = da.sizes["lat"] - da.sizes["lat"] % factor, da.sizes["lon"] - da.sizes["lon"] % factor
-    if (ny, nx) != (da.sizes["lat"], da.sizes["lon"]):
-        log.info("cropping grid %s×%s to %s×%s to divide factor %d",
-                 da.sizes["lat"], da.sizes["lon"], ny, nx, factor)
-    return da.isel(lat=slice(0, ny), lon=slice(0, nx))
+def where_of(da: xr.DataArray) -> str:
+    """The prefix ``<source files>: variable '<name>'`` of messages about a field."""
+    return f"{da.attrs.get('sgm_source', 'source')}: variable {da.name!r}"
 
 
-def _check_times(da: xr.DataArray, origin: str) -> None:
-    times = da.time.values
-    if len(times) > 1:
-        if len(set(times)) != len(times):
-            raise SourceError(f"{origin}: variable {da.name!r} has duplicated time steps")
-        if any(b <= a for a, b in zip(times[:-1], times[1:], strict=True)):
-            raise SourceError(f"{origin}: variable {da.name!r} has non-monotonic time steps")
+def place(da: xr.DataArray, spec: DataSpec) -> xr.DataArray:
+    """The spec's region, then a crop that divides the coarsening factor."""
+    if spec.region is not None:
+        da = select_region(da, spec.region.lat, spec.region.lon, spec.longitudes, where_of(da))
+    if spec.operator.kind == "coarsen":
+        da = crop_to_factor(da, spec.operator.factor)
+    return da
+
+
+def _clean_attrs(attrs: dict) -> dict:
+    """Attributes that a Zarr store keeps as they are: text and plain numbers."""
+    out = {}
+    for key, value in attrs.items():
+        value = value.item() if isinstance(value, np.generic) else value
+        if isinstance(value, str | int | float):
+            out[key] = value
+    return out
+
+
+def _read_targets(spec: DataSpec, spec_dir: Path | None) -> tuple[list[xr.DataArray], dict]:
+    arrays: list[xr.DataArray] = []
+    attrs: dict = {}
+    for var in spec.variables:
+        source = var.source or spec.source
+        if source.synthetic is not None:
+            da, attrs["sgm_gaussian_prior"] = _synthetic(source.synthetic, var)
+        else:
+            paths = source_paths(source, spec_dir, describe(var))
+            da = place(read_field(paths, var, spec.longitudes), spec)
+        da = da.astype(np.float32)
+        if arrays:
+            first = arrays[0]
+            dim = same_grid(first, da)
+            if dim is not None:
+                raise SourceError(f"{where_of(da)}: has a {dim} grid that differs from that of "
+                                  f"variable {first.name!r} ({first.attrs['sgm_source']})")
+            if not np.array_equal(first.time.values, da.time.values):
+                raise SourceError(f"{where_of(da)}: has time steps that differ from those of "
+                                  f"variable {first.name!r} ({first.attrs['sgm_source']})")
+            da = da.assign_coords(lat=first.lat, lon=first.lon)
+        arrays.append(da.rename(var.name))
+    return arrays, attrs
+
+
+def as_index(index: np.ndarray) -> slice | np.ndarray:
+    """A slice for consecutive indices (dask slices without copying), else the indices."""
+    if index.size and np.array_equal(index, np.arange(index[0], index[0] + index.size)):
+        return slice(int(index[0]), int(index[0]) + index.size)
+    return index
+
+
+def _moments(da: xr.DataArray, train: slice | np.ndarray) -> tuple[xr.DataArray, xr.DataArray]:
+    """Mean and std over the training split, accumulated in float64 (lazy; NaN propagates)."""
+    values = da.isel(time=train)
+    return values.mean(skipna=False, dtype=np.float64), values.std(skipna=False, dtype=np.float64)
+
+
+def _fill_and_stats(
+    da: xr.DataArray, var: Variable, key: str, train: slice | np.ndarray
+) -> tuple[xr.DataArray, dict[str, float]]:
+    """Check missing values against the spec, fill allowed ones, and the training statistics.
+
+    One pass over the data counts missing and non-finite values and computes the statistics;
+    only when some values are missing (and allowed) do two more fill them with the training
+    split's per-pixel mean and recompute the statistics.
+    """
+    n_missing, mean, std = compute((~np.isfinite(da)).sum(), *_moments(da, train))
+    n_missing = int(n_missing)
+    if n_missing:
+        fraction = n_missing / da.size
+        if fraction > var.max_missing_fraction:
+            raise SourceError(
+                f"{where_of(da)}: has {n_missing} missing or non-finite values "
+                f"({100 * fraction:.3g} % of the selected fields) but the spec allows at most "
+                f"{100 * var.max_missing_fraction:g} % ({key}.max_missing_fraction)"
+            )
+        attrs = dict(da.attrs, sgm_missing_filled=n_missing)
+        da = da.where(np.isfinite(da))
+        (climatology,) = compute(da.isel(time=train).mean("time", dtype=np.float64))
+        if bool(climatology.isnull().any()):
+            raise SourceError(f"{where_of(da)}: has pixels that are missing at every training "
+                              "time step (e.g. land in a sea field); choose a region without them")
+        log.info("%s: filling %d missing values with the training mean", where_of(da), n_missing)
+        da = da.fillna(climatology.astype(np.float32)).assign_attrs(attrs)
+        mean, std = compute(*_moments(da, train))
+    if not float(std) > 0:
+        raise SourceError(f"{where_of(da)}: is constant over the training split")
+    return da, {"mean": float(mean), "std": float(std)}
+
+
+def _read_static(
+    spec: DataSpec, ref: StaticField, spec_dir: Path | None, like: xr.DataArray
+) -> xr.DataArray | None:
+    """A static covariate on the targets' grid, or None if optional and absent."""
+    try:
+        paths = source_paths(ref.source or spec.source, spec_dir, describe(ref))
+        da = read_field(paths, ref, spec.longitudes, need_time=False)
+    except MissingSourceError as exc:
+        if not ref.optional:
+            raise
+        log.warning("skipping optional static covariate %r: %s", ref.name, exc)
+        return None
+    da = place(da, spec).astype(np.float32).load()
+    dim = same_grid(like, da)
+    if dim is not None:
+        raise SourceError(f"{where_of(da)}: static covariate {ref.name!r} has a {dim} grid "
+                          f"({da.sizes[dim]} points) that differs from the target grid "
+                          f"({like.sizes[dim]} points)")
+    if ref.fill_value is not None:
+        da = da.fillna(ref.fill_value)
+    bad = int((~np.isfinite(da)).sum())
+    if bad:
+        raise SourceError(f"{where_of(da)}: static covariate {ref.name!r} has {bad} missing "
+                          "values (set fill_value to replace them)")
+    return da.assign_coords(lat=like.lat, lon=like.lon).rename(f"static_{ref.name}")
 
 
 def build_fields(spec: DataSpec, spec_dir: Path | None = None) -> xr.Dataset:
-    """Read, check and label the spec's target fields (in memory; nothing written)."""
-    src = spec.source
-    if src.paths is not None:
-        paths = expand_paths(src.paths, spec_dir)
-    elif src.package_file is not None:
-        paths = [package_file(src.package_file.package, src.package_file.path)]
-    else:
-        paths = []
-    arrays, attrs = [], {}
-    for var in spec.variables:
-        if src.synthetic is not None:
-            da, prior = _synthetic(src.synthetic, var)
-            attrs["sgm_gaussian_prior"] = prior
-        else:
-            da = _read_variable(paths, var)
-        origin = da.attrs["sgm_source"]
-        if spec.region is not None:
-            for dim, bounds in (("lat", spec.region.lat), ("lon", spec.region.lon)):
-                if bounds is not None:
-                    da = da.where((da[dim] >= bounds[0]) & (da[dim] <= bounds[1]), drop=True)
-                    if da.sizes[dim] == 0:
-                        raise SourceError(
-                            f"{origin}: variable {da.name!r}: region {dim} {bounds} selects nothing"
-                        )
-        if spec.operator.kind == "coarsen":
-            da = _crop_to_factor(da, spec.operator.factor)
-        _check_times(da, origin)
-        arrays.append(da.load().astype(np.float32))
-
-    ds = xr.merge(arrays, join="exact", combine_attrs="drop")
-    n = ds.sizes["time"]
+    """Read, check and label the spec's fields: a lazy dataset whose checks have all passed."""
+    arrays, attrs = _read_targets(spec, spec_dir)
+    first = arrays[0]
     try:
-        n_train, n_val, n_test = spec.splits.counts(n)
+        labels = spec.splits.labels(first.time.values)
     except ValueError as exc:
-        raise SourceError(f"{arrays[0].attrs['sgm_source']}: {exc}") from None
-    labels = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * n_test, dtype=object)
-    ds = ds.isel(time=slice(0, len(labels))).assign_coords(split=("time", labels))
-
-    normalisation = {}
-    for da in arrays:
-        name = str(da.name)
-        ds[name].attrs = {
-            k: v for k, v in da.attrs.items()
-            if isinstance(v, str | int | float) and k not in ("grid_mapping", "coordinates")
-        }
-        train = ds[name].sel(time=ds.split == "train").values
-        bad = int(np.count_nonzero(~np.isfinite(ds[name].values)))
-        if bad:
-            raise SourceError(
-                f"{da.attrs['sgm_source']}: variable {name!r} has {bad} missing or non-finite"
-                " values in the selected fields"
-            )
-        normalisation[name] = {"mean": float(train.mean()), "std": float(train.std())}
-        if normalisation[name]["std"] <= 0:
-            raise SourceError(f"{da.attrs['sgm_source']}: variable {name!r} is constant")
+        raise SourceError(f"{where_of(first)}: {exc}") from None
+    points = getattr(spec.operator, "points", None) or []
+    outside = [p for p in points if p[0] >= first.sizes["lat"] or p[1] >= first.sizes["lon"]]
+    if outside:
+        raise SourceError(f"{where_of(first)}: operator.points {list(outside[0])} lies outside "
+                          f"the {first.sizes['lat']}x{first.sizes['lon']} grid")
+    used = np.flatnonzero(labels != "")
+    labels = labels[used]
+    train = as_index(np.flatnonzero(labels == "train"))
+    normalisation, fields = {}, {}
+    for i, (var, da) in enumerate(zip(spec.variables, arrays, strict=True)):
+        if used.size < da.sizes["time"]:
+            da = da.isel(time=as_index(used))
+        da, normalisation[var.name] = _fill_and_stats(da, var, f"variables[{i}]", train)
+        da.attrs = _clean_attrs(da.attrs)
+        fields[var.name] = da
+    static = []
+    for ref in spec.static:
+        da = _read_static(spec, ref, spec_dir, first)
+        if da is not None:
+            normalisation[str(da.name)] = {"mean": float(da.mean()), "std": float(da.std())}
+            da.attrs = _clean_attrs(da.attrs)
+            fields[str(da.name)] = da
+            static.append(str(da.name))
+    ds = xr.Dataset(fields).assign_coords(split=("time", labels.astype(object)))
     ds.lat.attrs.update(standard_name="latitude", units="degrees_north")
     ds.lon.attrs.update(standard_name="longitude", units="degrees_east")
     ds.attrs.update(
         sgm_spec=spec.name,
         sgm_variables=[v.name for v in spec.variables],
+        sgm_static=static,
         sgm_normalisation=normalisation,
+        sgm_longitudes=spec.longitudes,
         Conventions="CF-1.8",
         title=spec.description or spec.name,
         **attrs,
@@ -164,13 +234,44 @@ def build_fields(spec: DataSpec, spec_dir: Path | None = None) -> xr.Dataset:
     return ds
 
 
-def ingest(spec_path: str | Path, out: str | Path) -> Path:
-    """Run the ingest stage: validate everything, then write ``out`` atomically."""
-    spec_path = Path(spec_path)
-    spec = load_spec(spec_path)
-    ds = build_fields(spec, spec_dir=spec_path.parent)
+def chunk_for_writing(ds: xr.Dataset) -> xr.Dataset:
+    """Uniform time chunks of about CHUNK_BYTES per variable (Zarr needs uniform chunks)."""
+    step = 4 * max(1, ds.sizes.get("lat", 1) * ds.sizes.get("lon", 1))
+    size = max(1, min(ds.sizes["time"], CHUNK_BYTES // step))
+    return ds.assign({
+        name: da.chunk({"time": size}) for name, da in ds.data_vars.items() if "time" in da.dims
+    })
+
+
+def _write(ds: xr.Dataset, out: Path) -> Path:
     json_attrs = {k: ds.attrs.pop(k) for k in list(ds.attrs) if not isinstance(ds.attrs[k], str)}
-    counts = {s: int((ds.split == s).sum()) for s in SPLITS}
-    log.info("ingest %s: %s, grid %s×%s, splits %s", spec.name, list(ds.data_vars),
-             ds.sizes["lat"], ds.sizes["lon"], counts)
-    return write_store(ds, out, attrs=json_attrs)
+    try:
+        with dask.config.set(scheduler="synchronous"):
+            return write_store(chunk_for_writing(ds), out, attrs=json_attrs)
+    except (OSError, RuntimeError) as exc:
+        raise SourceError(f"{out}: reading the sources or writing failed "
+                          f"({exc.__class__.__name__}: {exc})") from exc
+
+
+def ingest(
+    spec_path: str | Path, out: str | Path, paired_out: str | Path | None = None
+) -> Path:
+    """Run the ingest stage: validate everything, then write ``out`` atomically.
+
+    With a paired low-resolution source, its fields go to ``paired_out`` (default:
+    ``paired.zarr`` beside ``out``), written before ``out`` so that ``out`` exists only when
+    both are complete.
+    """
+    from sgm.stages.paired import build_paired
+
+    spec_path, out = Path(spec_path), Path(out)
+    spec = load_spec(spec_path)
+    with bounded_reading():
+        ds = build_fields(spec, spec_dir=spec_path.parent)
+        paired = build_paired(spec, spec_path.parent, ds) if spec.paired is not None else None
+        counts = {s: int((ds.split == s).sum()) for s in SPLITS}
+        log.info("ingest %s: %s, grid %s×%s, splits %s", spec.name, list(ds.data_vars),
+                 ds.sizes["lat"], ds.sizes["lon"], counts)
+        if paired is not None:
+            _write(paired, Path(paired_out) if paired_out else out.with_name("paired.zarr"))
+        return _write(ds, out)

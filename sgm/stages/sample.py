@@ -24,7 +24,12 @@ from sgm.core.operators import build_operator
 from sgm.core.sampler import edm_sampler, member_seed
 from sgm.core.schedule import karras_sigmas
 from sgm.io.stores import json_attr, open_store, write_store
-from sgm.stages.conditioning import Standardiser, conditioning, stack_variables
+from sgm.stages.conditioning import (
+    ResidualTarget,
+    Standardiser,
+    conditioning,
+    stack_variables,
+)
 from sgm.stages.modelfile import file_hash, pick_device, read_model
 
 log = logging.getLogger(__name__)
@@ -92,7 +97,6 @@ def sample_stage(
     """Draw the posterior ensemble for the ``split`` times of ``obs.zarr`` (``all``: every time)."""
     cfg: SampleSettings = validate(SampleSettings, settings, "--settings")
     device = pick_device(cfg.device)
-    torch.set_grad_enabled(False)
     precond, meta = read_model(model_path, device)
     obs = open_store(obs_path)
     variables = list(meta["variables"])
@@ -119,7 +123,12 @@ def sample_stage(
     log.info("sample %s: %d times × %d members, %d steps, churn %s, on %s",
              meta["spec"], len(index), cfg.members, cfg.steps, cfg.churn, device)
 
-    z = draw_members(precond, cond, index, cfg, device, progress)
+    z = draw_members(precond, cond, index, cfg, device, progress)  # [T, M, C, H, W]
+    if meta.get("residual_scale") is not None:
+        target = ResidualTarget(op, torch.tensor(meta["residual_scale"]))
+        members = z.flatten(0, 1)
+        y_rep = y.repeat_interleave(cfg.members, dim=0)
+        z = target.inverse(members, y_rep).view(z.shape)
     x = stats.inverse(z, dim=2).numpy().astype(np.float32)
     lat, lon = np.asarray(meta["grid"]["lat"]), np.asarray(meta["grid"]["lon"])
     data = {

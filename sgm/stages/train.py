@@ -21,10 +21,12 @@ from sgm.core.network import count_parameters
 from sgm.core.operators import build_operator
 from sgm.io.stores import json_attr, open_store
 from sgm.stages.conditioning import (
+    ResidualTarget,
     Standardiser,
     climatology_channels,
+    residual_scale,
     stack_variables,
-    training_conditioner,
+    training_pairs,
 )
 from sgm.stages.modelfile import new_precond, write_model
 from sgm.stages.observe import grid_of
@@ -56,7 +58,13 @@ def train_stage(
         else torch.zeros(0, *grid_of(fields))
     )
     noise_std = {v: spec.operator.noise_std for v in variables}
-    make_cond = training_conditioner(op, stats.noise(noise_std), static)
+    target = None
+    if entry.model.target == "residual":
+        scale = residual_scale(op, data, stats.noise(noise_std), seed=entry.train.seed)
+        target = ResidualTarget(op, scale)
+        log.info("target: residual from the %s baseline, std %s (standardised units)",
+                 op.name, [round(float(v), 4) for v in scale])
+    make_pair = training_pairs(op, stats.noise(noise_std), static, target)
 
     channels = len(variables)
     in_channels = channels + channels * op.cond_channels + static.shape[0]
@@ -67,7 +75,7 @@ def train_stage(
 
     workdir = Path(workdir) if workdir is not None else out.parent / "train_state"
     core_settings = training.TrainSettings(**entry.train.model_dump())
-    result = training.train(precond, data, make_cond, core_settings, workdir, log=log,
+    result = training.train(precond, data, make_pair, core_settings, workdir, log=log,
                             progress=progress)
     if result is None:  # a non-zero rank of a multi-process run: rank 0 writes the model
         return out
@@ -82,6 +90,7 @@ def train_stage(
         "lon_attrs": {k: str(v) for k, v in fields.lon.attrs.items()},
         "var_attrs": {v: {k: str(a) for k, a in fields[v].attrs.items()} for v in variables},
         "static": static.contiguous(),
+        "residual_scale": None if target is None else target.scale.tolist(),
         "model": entry.model.model_dump(),
         "in_channels": in_channels,
         "out_channels": channels,
