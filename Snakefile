@@ -20,9 +20,11 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/evaluation.smk"
+include: "workflow/rules/external.smk"
 
 
 rule all:
     input:
         all_reports(),
+        all_external_reports(),
     default_target: True

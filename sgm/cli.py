@@ -83,6 +83,26 @@ def _report(a: argparse.Namespace) -> None:
            n_maps=a.n_maps, threshold=a.threshold, title=a.title)
 
 
+def _coarsen_file(a: argparse.Namespace) -> None:
+    from sgm.stages.external import coarsen_file
+
+    coarsen_file(a.spec, a.source, a.variable, a.out, time_slice=a.time_slice,
+                 fields_path=a.fields)
+
+
+def _observe_external(a: argparse.Namespace) -> None:
+    from sgm.stages.external import observe_external
+
+    observe_external(a.obs, a.file, a.variables, a.out, time_slice=a.time_slice)
+
+
+def _report_external(a: argparse.Namespace) -> None:
+    from sgm.stages.report_external import report_external
+
+    report_external(a.obs, a.posterior, a.out, n_maps=a.n_maps, threshold=a.threshold,
+                    title=a.title)
+
+
 def _validate_spec(a: argparse.Namespace) -> None:
     from sgm.config import load_spec
 
@@ -159,6 +179,36 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--posterior", required=True)
     sp.add_argument("--metrics", required=True)
     sp.add_argument("--loss", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--n-maps", type=int, default=3)
+    sp.add_argument("--threshold", type=float, default=None)
+    sp.add_argument("--title", default=None)
+
+    time_slice = {"nargs": 2, "metavar": ("START", "END"), "default": None,
+                  "help": "only the times from START to END (YYYY-MM-DD, both included)"}
+    sp = add("coarsen-file", _coarsen_file,
+             "block-average a fine NetCDF file on the spec's grid into a coarse file")
+    sp.add_argument("--spec", required=True)
+    sp.add_argument("--source", required=True, help="file, or package:<package>/<path in it>")
+    sp.add_argument("--variable", required=True, action="append",
+                    help="variable name in the file (repeat for several)")
+    sp.add_argument("--out", required=True, help="the coarse NetCDF file to write")
+    sp.add_argument("--fields", default=None, help="fields.zarr whose grid the crop must match")
+    sp.add_argument("--time-slice", **time_slice)
+
+    sp = add("observe-external", _observe_external,
+             "coarse file the model never saw + its obs.zarr → an obs store (split external)")
+    sp.add_argument("--obs", required=True, help="the spec's obs.zarr (layout, grid, units)")
+    sp.add_argument("--file", required=True, help="file, or package:<package>/<path in it>")
+    sp.add_argument("--variables", type=_json, required=True,
+                    help='JSON: sgm variable → name in the file, e.g. {"tas": "air_temperature"}')
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--time-slice", **time_slice)
+
+    sp = add("report-external", _report_external,
+             "external obs + posterior → a self-contained HTML report without truth")
+    sp.add_argument("--obs", required=True)
+    sp.add_argument("--posterior", required=True)
     sp.add_argument("--out", required=True)
     sp.add_argument("--n-maps", type=int, default=3)
     sp.add_argument("--threshold", type=float, default=None)

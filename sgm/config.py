@@ -7,12 +7,26 @@ file and the key path.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import cftime
+import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    NonNegativeInt,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class SpecError(ValueError):
@@ -24,6 +38,9 @@ class _Strict(BaseModel):
 
 
 # --------------------------------------------------------------------------- data specs
+
+NAME_PATTERN = r"^[A-Za-z0-9_\-]+$"
+DATE_PATTERN = r"^-?\d{1,4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2})?)?$"
 
 
 class PackageFile(_Strict):
@@ -48,13 +65,20 @@ class GaussianFieldSource(_Strict):
 
 
 class Source(_Strict):
-    """Where the target fields come from: exactly one of paths, package_file or synthetic."""
+    """Where fields come from: exactly one of paths, package_file or synthetic."""
 
     paths: list[str] | None = Field(
-        None, description="Files or glob patterns (NetCDF or Zarr), concatenated along time."
+        None,
+        description="NetCDF files, glob patterns or Zarr stores (folders), relative to the spec "
+        "file; all files are concatenated along time, in time order.",
     )
     package_file: PackageFile | None = None
     synthetic: GaussianFieldSource | None = None
+
+    @field_validator("paths", mode="before")
+    @classmethod
+    def _one_path(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:
@@ -66,45 +90,225 @@ class Source(_Strict):
         return self
 
 
-class Variable(_Strict):
-    """One target variable (a channel of the model)."""
+class FieldRef(_Strict):
+    """A variable in a source: found by name or CF standard_name, at one level, in given units."""
 
-    name: str = Field(description="Name used in sgm's stores, e.g. tas.")
-    source_name: str | None = Field(None, description="Variable name in the source files.")
+    name: str = Field(pattern=NAME_PATTERN, description="Name in sgm's stores.")
+    source_name: str | None = Field(
+        None, description="Variable name in the source files (default: name, unless "
+        "standard_name is given)."
+    )
     standard_name: str | None = Field(
         None, description="CF standard_name to find the variable by when source_name is unset."
     )
+    source: Source | None = Field(
+        None, description="Where this variable is, when not in the spec's source."
+    )
     units: str | None = Field(
-        None, description="Expected units of the source variable; a mismatch is an error."
+        None, description="Units of the source variable: checked against its units attribute, "
+        "or declared when it has none."
+    )
+    convert_to: str | None = Field(
+        None, description="Convert to these units, e.g. degC from K, mm/day from kg m-2 s-1."
+    )
+    level: float | None = Field(
+        None, description="Select this value of the vertical coordinate, e.g. 500."
+    )
+    level_units: str | None = Field(
+        None, description="Units of level (e.g. hPa); the coordinate's own units when unset."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldRef:
+        if self.level_units is not None and self.level is None:
+            raise ValueError("level_units needs level")
+        if self.source is not None and self.source.synthetic is not None:
+            raise ValueError("source: a variable's own source must be files (paths or "
+                             "package_file), not synthetic")
+        return self
+
+
+class Variable(FieldRef):
+    """One target variable (a channel of the model)."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="Name in sgm's stores, e.g. tas.")
+    max_missing_fraction: float = Field(
+        0.0, ge=0, le=1, description="Largest fraction of missing values allowed in the "
+        "selected fields; they are filled with the training split's mean at that pixel."
     )
 
 
-class Region(_Strict):
-    """A lat/lon box (degrees); longitudes in the source's convention."""
+class StaticField(FieldRef):
+    """A time-invariant covariate (orography, land mask) on the target grid."""
 
-    lat: tuple[float, float] | None = None
-    lon: tuple[float, float] | None = None
+    name: str = Field(
+        pattern=NAME_PATTERN, description="Short name; stored as the variable static_<name>."
+    )
+    optional: bool = Field(
+        False, description="Skip this covariate (with a warning) if its file or variable is absent."
+    )
+    fill_value: float | None = Field(
+        None, description="Replace missing values by this (e.g. 0 for a land fraction over sea)."
+    )
+
+
+class PairedVariable(FieldRef):
+    """Where a target variable's low-resolution counterpart is in the paired source."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="The target variable it pairs with.")
+
+
+class Paired(_Strict):
+    """A low-resolution source aligned in time with the targets (real downscaling pairs).
+
+    Its grid must be the targets' grid averaged over factor x factor blocks (operator.factor):
+    every coarse cell centred on one block. It is written to a separate store beside fields.zarr.
+    """
+
+    source: Source
+    variables: list[PairedVariable] | None = Field(
+        None, description="Per target variable: how to find it in the paired source "
+        "(default: as the target is found in its own source)."
+    )
+
+    @model_validator(mode="after")
+    def _files(self) -> Paired:
+        if self.source.synthetic is not None:
+            raise ValueError("source: a paired source must be files (paths or package_file)")
+        return self
+
+
+class Region(_Strict):
+    """A lat/lon box in degrees; longitude bounds in either convention (−180..180 or 0..360)."""
+
+    lat: tuple[float, float] | None = Field(None, description="(south, north), south < north.")
+    lon: tuple[float, float] | None = Field(
+        None, description="(west, east); west > east crosses 180° (or 0° with longitudes 0..360)."
+    )
+
+    @field_validator("lat")
+    @classmethod
+    def _lat(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not -90 <= v[0] < v[1] <= 90:
+            raise ValueError("lat must be (south, north) with -90 <= south < north <= 90")
+        return v
+
+    @field_validator("lon")
+    @classmethod
+    def _lon(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not (all(-180 <= b <= 360 for b in v) and v[0] != v[1]):
+            raise ValueError("lon must be (west, east), two different values in -180..360")
+        return v
+
+
+def date_fields(text: str) -> tuple[int, ...]:
+    """(year, month, day[, hour, minute[, second]]) of a YYYY-MM-DD[THH:MM[:SS]] text."""
+    match = re.fullmatch(r"(-?\d+)-(\d+)-(\d+)(?:[ T](\d+):(\d+)(?::(\d+))?)?", text.strip())
+    if match is None:
+        raise ValueError(f"{text!r} is not a date YYYY-MM-DD[THH:MM[:SS]]")
+    return tuple(int(g) for g in match.groups() if g is not None)
+
+
+class DateRange(_Strict):
+    """Times from start to end, both included (a date without a time includes the whole day)."""
+
+    start: str = Field(pattern=DATE_PATTERN, description="YYYY-MM-DD[THH:MM[:SS]]")
+    end: str = Field(pattern=DATE_PATTERN, description="YYYY-MM-DD[THH:MM[:SS]]")
+
+    @field_validator("start", "end", mode="before")
+    @classmethod
+    def _text(cls, value: Any) -> Any:
+        return value.isoformat() if isinstance(value, dt.date) else value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DateRange:
+        if date_fields(self.start) > date_fields(self.end):
+            raise ValueError(f"start {self.start} is after end {self.end}")
+        return self
+
+    def mask(self, times: np.ndarray) -> np.ndarray:
+        """Which of ``times`` (cftime datetimes of one calendar) fall in the range."""
+
+        def at(text: str) -> cftime.datetime:
+            try:
+                return cftime.datetime(*date_fields(text), calendar=times[0].calendar,
+                                       has_year_zero=times[0].has_year_zero)
+            except ValueError:
+                raise ValueError(f"{text} is not a date of the {times[0].calendar} "
+                                 "calendar") from None
+
+        start, end = at(self.start), at(self.end)
+        if len(date_fields(self.end)) == 3:
+            return (times >= start) & (times < end + dt.timedelta(days=1))
+        return (times >= start) & (times <= end)
+
+
+SplitSize = Annotated[
+    Annotated[float, Tag("count"), Field(gt=0)] | Annotated[DateRange, Tag("dates")],
+    Discriminator(lambda v: "dates" if isinstance(v, dict | DateRange) else "count"),
+]
+SPLITS = ("train", "val", "test")
 
 
 class Splits(_Strict):
-    """Consecutive time splits train → val → test, as counts or fractions of the time axis."""
+    """Time splits as counts (consecutive train → val → test), fractions, or date ranges."""
 
-    train: float = Field(description="Number (≥ 1) or fraction (< 1) of time steps for training.")
-    val: float = Field(description="Number or fraction of time steps for validation.")
-    test: float = Field(description="Number or fraction of time steps for testing.")
+    train: SplitSize = Field(
+        description="Count (≥ 1), fraction (< 1) or {start, end} of the training time steps."
+    )
+    val: SplitSize = Field(description="Count, fraction or {start, end} of validation steps.")
+    test: SplitSize = Field(description="Count, fraction or {start, end} of test steps.")
 
-    def counts(self, n: int) -> tuple[int, int, int]:
-        """Resolve to counts for a time axis of length ``n``."""
+    @model_validator(mode="after")
+    def _one_kind(self) -> Splits:
+        values = [getattr(self, s) for s in SPLITS]
+        ranges = [v for v in values if isinstance(v, DateRange)]
+        if ranges and len(ranges) != 3:
+            raise ValueError("give all three splits as counts/fractions or all as date ranges")
+        if ranges:
+            spans = sorted((date_fields(r.start), date_fields(r.end), s)
+                           for r, s in zip(ranges, SPLITS, strict=True))
+            for (_, end, a), (start, _, b) in zip(spans[:-1], spans[1:], strict=True):
+                if start <= end:
+                    raise ValueError(f"the date ranges of {a} and {b} overlap")
+        else:
+            for s, v in zip(SPLITS, values, strict=True):
+                if v >= 1 and v != int(v):
+                    raise ValueError(f"{s}: {v} is neither a whole count nor a fraction < 1")
+            if sum(v for v in values if v < 1) > 1:
+                raise ValueError("the fractions add up to more than 1")
+        return self
 
-        def one(v: float) -> int:
-            return int(round(v * n)) if v < 1 else int(v)
-
-        train, val, test = one(self.train), one(self.val), one(self.test)
-        if min(train, val, test) < 1 or train + val + test > n:
+    def labels(self, times: np.ndarray) -> np.ndarray:
+        """The split of every time step ('' for unused ones); ValueError if a split is empty."""
+        n = len(times)
+        labels = np.full(n, "", dtype=object)
+        if isinstance(self.train, DateRange):
+            if n == 0 or not isinstance(times[0], cftime.datetime):
+                raise ValueError("date-range splits need a time axis decoded as dates")
+            for s in SPLITS:
+                rng = getattr(self, s)
+                try:
+                    chosen = rng.mask(times)
+                except ValueError as exc:
+                    raise ValueError(f"split {s} ({rng.start} to {rng.end}): {exc}") from None
+                if not chosen.any():
+                    raise ValueError(
+                        f"split {s} ({rng.start} to {rng.end}) selects no time step; the "
+                        f"source covers {times[0]} to {times[-1]}"
+                    )
+                labels[chosen] = s
+            return labels
+        counts = [int(round(v * n)) if v < 1 else int(v) for v in (self.train, self.val,
+                                                                    self.test)]
+        if min(counts) < 1 or sum(counts) > n:
             raise ValueError(
-                f"splits need {train}+{val}+{test} time steps (each ≥ 1) but the source has {n}"
+                "has {} time steps but the splits need {} + {} + {} (each ≥ 1)".format(n, *counts)
             )
-        return train, val, test
+        edges = np.cumsum([0, *counts])
+        for s, a, b in zip(SPLITS, edges[:-1], edges[1:], strict=True):
+            labels[a:b] = s
+        return labels
 
 
 class Coarsen(_Strict):
@@ -115,12 +319,28 @@ class Coarsen(_Strict):
 
 class Sparse(_Strict):
     kind: Literal["sparse"] = "sparse"
-    fraction: float = Field(gt=0, le=1, description="Fraction of pixels observed.")
-    seed: int = Field(0, description="Seed for choosing the observed pixels.")
+    fraction: float | None = Field(None, gt=0, le=1, description="Fraction of pixels observed.")
+    seed: int = Field(0, description="Seed for choosing the observed pixels (with fraction).")
+    points: list[tuple[NonNegativeInt, NonNegativeInt]] | None = Field(
+        None, min_length=1, description="Observed pixels [[row, column], ...] of the final grid."
+    )
+    noise_std: float = Field(0.0, ge=0, description="Observation noise std (physical units).")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Sparse:
+        if (self.fraction is None) == (self.points is None):
+            raise ValueError("give exactly one of fraction or points")
+        return self
+
+
+class Blur(_Strict):
+    kind: Literal["blur"] = "blur"
+    sigma_pixels: float = Field(gt=0, description="Gaussian blur standard deviation (pixels).")
+    boundary: Literal["periodic", "reflect"] = Field("periodic", description="Edge handling.")
     noise_std: float = Field(0.0, ge=0, description="Observation noise std (physical units).")
 
 
-Operator = Annotated[Coarsen | Sparse, Field(discriminator="kind")]
+Operator = Annotated[Coarsen | Sparse | Blur, Field(discriminator="kind")]
 
 
 class Conditioning(_Strict):
@@ -134,21 +354,49 @@ class Conditioning(_Strict):
 class DataSpec(_Strict):
     """A dataset and its inverse problem: the contract between a dataset and the pipeline."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", description="Spec name (results folder).")
+    name: str = Field(pattern=NAME_PATTERN, description="Spec name (results folder).")
     description: str = ""
     source: Source
     variables: list[Variable] = Field(min_length=1)
+    static: list[StaticField] = Field(
+        [], description="Static covariates written as static_<name> (lat, lon) in fields.zarr."
+    )
     region: Region | None = None
+    longitudes: Literal["-180..180", "0..360"] = Field(
+        "-180..180", description="Longitude convention of the stored grid (sorted ascending)."
+    )
     splits: Splits
     operator: Operator
+    paired: Paired | None = Field(
+        None, description="Observed low-resolution fields instead of operator(x) + noise."
+    )
     observation_seed: int = Field(
         1234, description="Seed of the observation noise drawn for the val/test observations."
     )
     conditioning: Conditioning = Conditioning()
 
+    @model_validator(mode="after")
+    def _consistent(self) -> DataSpec:
+        names = [v.name for v in self.variables]
+        for kind, group in (("variables", names), ("static", [s.name for s in self.static])):
+            twice = sorted({n for n in group if group.count(n) > 1})
+            if twice:
+                raise ValueError(f"{kind}: names must be unique (repeated: {', '.join(twice)})")
+        if self.source.synthetic is not None and (self.static or self.paired):
+            raise ValueError("a synthetic source has no static covariates or paired source")
+        if self.paired is not None:
+            if self.operator.kind != "coarsen":
+                raise ValueError("paired: needs operator kind coarsen (its factor relates the "
+                                 "grids)")
+            unknown = [v.name for v in self.paired.variables or [] if v.name not in names]
+            if unknown:
+                raise ValueError(f"paired.variables: {', '.join(unknown)} not among the "
+                                 f"target variables ({', '.join(names)})")
+        return self
+
     def operator_dict(self) -> dict[str, Any]:
         """The operator as given to :func:`sgm.core.operators.build_operator` (noise apart)."""
-        return self.operator.model_dump(exclude={"noise_std"})
+        return self.operator.model_dump(exclude={"noise_std"}, exclude_none=True)
 
 
 # ------------------------------------------------------------------- workflow settings
@@ -160,6 +408,11 @@ class ModelSettings(_Strict):
     preset: Literal["tiny", "small", "base"] = "tiny"
     base_channels: int | None = Field(None, ge=4, description="Override the preset's width.")
     sigma_data: float = Field(1.0, gt=0, description="EDM sigma_data (data are standardised).")
+    target: Literal["residual", "field"] = Field(
+        "residual",
+        description="What the diffusion model learns: the residual from the operator's baseline"
+        " (e.g. bicubic), scaled to unit std, or the standardised field itself.",
+    )
 
 
 class TrainSettings(_Strict):
@@ -198,6 +451,50 @@ class SampleSettings(_Strict):
     device: str = "auto"
 
 
+class WorkflowSampleSettings(SampleSettings):
+    """The config's ``sample:`` section: the sampler settings plus how to split the work."""
+
+    shards: int = Field(
+        1, ge=1, description="Split the test times into this many sampling jobs (one GPU each), "
+        "gathered into one posterior.zarr; the ensemble does not depend on it."
+    )
+
+
+class JobResources(_Strict):
+    """What one job of a GPU stage asks for (Snakemake resources; the SLURM profile maps them
+    to sbatch options and may override them with set-resources)."""
+
+    gpu: int = Field(
+        1, ge=0, description="GPUs per job (sbatch --gpus). More than 1 trains with torchrun, one "
+        "process per GPU; 0 makes a CPU-only job."
+    )
+    cpus_per_gpu: int = Field(
+        4, ge=1, description="CPU cores per GPU (sbatch --cpus-per-gpu; --cpus-per-task when gpu "
+        "is 0). The job's threads are cpus_per_gpu × max(gpu, 1), capped by --cores locally."
+    )
+    mem_mb: int = Field(16000, ge=1, description="Memory per job in MB (sbatch --mem).")
+    runtime: int = Field(
+        720, ge=1, description="Wall-clock limit per job in minutes (sbatch -t)."
+    )
+
+
+class SampleJobResources(JobResources):
+    """Resources of one sampling job: one device per job; more GPUs means more shards."""
+
+    gpu: int = Field(
+        1, ge=0, le=1, description="GPUs per sampling job (0 or 1; use sample.shards to spread "
+        "sampling over several GPUs)."
+    )
+    runtime: int = Field(120, ge=1, description="Wall-clock limit per job in minutes (sbatch -t).")
+
+
+class Resources(_Strict):
+    """Per-job resources of the GPU stages; the other stages are 1-core CPU jobs."""
+
+    train: JobResources = JobResources()
+    sample: SampleJobResources = SampleJobResources()
+
+
 class ModelEntry(_Strict):
     """A named model in the config: network size plus training settings."""
 
@@ -210,6 +507,49 @@ class ReportSettings(_Strict):
     threshold: float | None = Field(None, description="Exceedance threshold; default: q90.")
 
 
+DateText = Annotated[str, Field(pattern=DATE_PATTERN)]
+
+
+class ExternalObservations(_Strict):
+    """Coarse observations from a file training never saw (e.g. another emissions scenario):
+    every model of ``spec`` samples their posterior, reported without truth."""
+
+    spec: str = Field(pattern=NAME_PATTERN, description="The data spec whose models sample them.")
+    name: str = Field(
+        pattern=NAME_PATTERN, description="Name of this set of observations (results/<spec>/"
+        "external/<name>/ and results/<spec>/<model>/external/<name>/)."
+    )
+    file: str = Field(
+        min_length=1, description="NetCDF file with the coarse observations on the spec's coarse "
+        "grid (or fine fields with make_coarse): a path, or package:<package>/<path in it>."
+    )
+    variables: dict[str, str] = Field(
+        min_length=1, description="sgm variable name -> variable name in the file, for every "
+        "variable of the spec, e.g. {tas: air_temperature}."
+    )
+    make_coarse: bool = Field(
+        False, description="The file holds fine fields on the spec's grid: block-average them "
+        "with the spec's operator first (demos, testing the path)."
+    )
+    time_slice: tuple[DateText, DateText] | None = Field(
+        None, description="[start, end] dates YYYY-MM-DD, both included; default: every time."
+    )
+
+    @field_validator("time_slice", mode="before")
+    @classmethod
+    def _dates_as_text(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return [v.isoformat() if isinstance(v, dt.date) else v for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ExternalObservations:
+        if self.time_slice and date_fields(self.time_slice[0]) > date_fields(self.time_slice[1]):
+            raise ValueError(f"time_slice: start {self.time_slice[0]} is after end "
+                             f"{self.time_slice[1]}")
+        return self
+
+
 class WorkflowConfig(_Strict):
     """config/config.yaml."""
 
@@ -217,8 +557,12 @@ class WorkflowConfig(_Strict):
     spec_dir: str = "data_specs"
     results: str = "results"
     models: dict[str, ModelEntry] = Field(min_length=1)
-    sample: SampleSettings = SampleSettings()
+    sample: WorkflowSampleSettings = WorkflowSampleSettings()
     report: ReportSettings = ReportSettings()
+    resources: Resources = Resources()
+    external: list[ExternalObservations] = Field(
+        [], description="Observations from files training never saw, sampled by every model."
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -232,12 +576,12 @@ def _format_errors(path: Path | str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def read_yaml(path: str | Path) -> Any:
+def read_yaml(path: str | Path, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: file does not exist")
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=loader)
     except yaml.YAMLError as exc:
         raise SpecError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
 
@@ -250,9 +594,19 @@ def validate(model: type[BaseModel], data: Any, origin: str | Path) -> Any:
         raise SpecError(_format_errors(origin, err)) from None
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """Safe YAML that keeps dates as text: model calendars have dates Python lacks (360_day)."""
+
+
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
 def load_spec(path: str | Path) -> DataSpec:
-    """Read and validate a data spec file."""
-    return validate(DataSpec, read_yaml(path), path)
+    """Read and validate a data spec file (dates stay text, to be read in the data's calendar)."""
+    return validate(DataSpec, read_yaml(path, loader=_SpecLoader), path)
 
 
 def load_workflow_config(path: str | Path) -> WorkflowConfig:

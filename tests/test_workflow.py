@@ -1,8 +1,9 @@
 """The real Snakefile on a tiny config in a temporary folder.
 
 One run of the whole pipeline (real HadCM3 data, a few training steps); then: every output opens
-with xarray, a second dry run has nothing to do, and changing only the sampler's step count
-reruns sample → evaluate → report but not ingest, observe or train.
+with xarray, a second dry run has nothing to do, changing only the sampler's step count
+reruns sample → evaluate → report but not ingest, observe or train, and when one of two
+sampling shards fails, the next run samples that shard alone.
 """
 
 from __future__ import annotations
@@ -40,17 +41,27 @@ TINY = {
 }
 
 
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+def snakemake(workdir: Path, *args: str, bin_first: Path | None = None
+              ) -> subprocess.CompletedProcess:
+    """Run the repository's Snakefile in workdir (commands in bin_first shadow the venv's)."""
+    path = [str(p) for p in (bin_first, Path(sys.executable).parent) if p is not None]
+    env = dict(os.environ, PATH=os.pathsep.join([*path, os.environ["PATH"]]))
     cmd = [SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config" / "config.yaml"), "--cores", "2", *args]
     return subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=900)
 
 
+def job_counts(out: str) -> dict[str, int]:
+    """Jobs per rule in a dry run's job table."""
+    table = out.split("Job stats:")[-1] if "Job stats:" in out else ""
+    counts = {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)\s*$", table, re.M)}
+    counts.pop("total", None)
+    return counts
+
+
 def jobs_of_dry_run(out: str) -> set[str]:
     """Rule names listed in a dry run's job table."""
-    table = out.split("Job stats:")[-1] if "Job stats:" in out else ""
-    return {m.group(1) for m in re.finditer(r"^(\w+)\s+\d+\s*$", table, re.M)} - {"total"}
+    return set(job_counts(out))
 
 
 def write_config(workdir: Path, config: dict) -> None:
@@ -65,7 +76,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dry = snakemake(workdir, "-n")
     assert dry.returncode == 0, dry.stderr + dry.stdout
     assert jobs_of_dry_run(dry.stdout + dry.stderr) == {
-        "ingest", "observe", "train", "sample", "evaluate", "report", "all"
+        "ingest", "observe", "train", "sample_shard", "gather", "evaluate", "report", "all"
     }
     real = snakemake(workdir)
     assert real.returncode == 0, real.stderr[-5000:]
@@ -108,6 +119,49 @@ def test_sampler_change_reruns_only_downstream(run: Path) -> None:
     try:
         dry = snakemake(run, "-n")
         assert dry.returncode == 0, dry.stderr
-        assert jobs_of_dry_run(dry.stdout + dry.stderr) == {"sample", "evaluate", "report", "all"}
+        assert jobs_of_dry_run(dry.stdout + dry.stderr) == {
+            "sample_shard", "gather", "evaluate", "report", "all"
+        }
+    finally:
+        write_config(run, TINY)
+
+
+FAIL_SHARD_1 = """#!/bin/sh
+# sgm, except that sampling shard 1 fails (as a crashed or preempted GPU job would)
+case " $* " in *" sample "*" --shard 1 "*) echo "injected failure of shard 1" >&2; exit 3;; esac
+exec {sgm} "$@"
+"""
+
+
+def test_failed_shard_is_the_only_one_rerun(run: Path, tmp_path: Path) -> None:
+    """With two shards of which the second fails, the rerun samples that shard alone, and the
+    gathered ensemble equals the first run's one-shard ensemble."""
+    res = run / "results" / "hadcm3_tas_na" / "tiny"
+    posterior = "results/hadcm3_tas_na/tiny/posterior.zarr"
+    one_shard = xr.open_zarr(run / posterior).load()
+    sharded = json.loads(json.dumps(TINY))
+    sharded["sample"]["shards"] = 2
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "sgm").write_text(FAIL_SHARD_1.format(sgm=Path(sys.executable).parent / "sgm"))
+    (shim / "sgm").chmod(0o755)
+    write_config(run, sharded)
+    try:
+        failed = snakemake(run, "--keep-going", posterior, bin_first=shim)
+        assert failed.returncode != 0
+        assert "injected failure of shard 1" in (res / "logs" / "sample-1-of-2.log").read_text()
+        assert (res / "shards" / "posterior-0-of-2.zarr").is_dir()
+        assert not (res / "shards" / "posterior-1-of-2.zarr").exists()
+
+        dry = snakemake(run, "-n")
+        assert dry.returncode == 0, dry.stderr
+        assert job_counts(dry.stdout + dry.stderr) == {
+            "sample_shard": 1, "gather": 1, "evaluate": 1, "report": 1, "all": 1
+        }
+        rerun = snakemake(run, posterior)
+        assert rerun.returncode == 0, rerun.stderr[-5000:]
+        gathered = xr.open_zarr(run / posterior)
+        np.testing.assert_array_equal(gathered.time.values, one_shard.time.values)
+        np.testing.assert_array_equal(gathered.tas.values, one_shard.tas.values)
     finally:
         write_config(run, TINY)

@@ -9,10 +9,13 @@ problem. Nothing here knows about models.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
+import netCDF4
 import numpy as np
 import xarray as xr
 
@@ -30,9 +33,27 @@ from sgm.io.grid import (
 )
 
 __all__ = ["SourceError", "MissingSourceError", "package_file", "expand_paths", "source_paths",
-           "open_file", "find_variable", "describe", "read_field"]
+           "open_file", "find_variable", "describe", "read_field", "bounded_reading"]
 
 CHUNK_BYTES = 32 * 2**20  # dask chunk size along time: bounded memory, few tasks
+
+
+@contextlib.contextmanager
+def bounded_reading(chunk_cache_bytes: int = 4 * 2**20, open_files: int = 16) -> Iterator[None]:
+    """Bound the memory kept per open file while many files stream through.
+
+    netCDF-C caches up to 64 MiB of decompressed chunks per variable of every open file, and
+    xarray keeps up to 128 files open: 20 files of one variable would hold 1.3 GB. Inside this
+    context files opened get a smaller cache and at most ``open_files`` stay open (others are
+    closed and reopened on demand).
+    """
+    previous = netCDF4.get_chunk_cache()
+    netCDF4.set_chunk_cache(chunk_cache_bytes)
+    try:
+        with xr.set_options(file_cache_maxsize=open_files):
+            yield
+    finally:
+        netCDF4.set_chunk_cache(*previous)
 
 
 def describe(ref: FieldRef) -> str:

@@ -86,6 +86,11 @@ def _rows(table: str) -> list[tuple[str, str, str | float | None, str]]:
 
 METRIC_ROWS = _rows(_METRICS)
 ORACLE_ROWS = _rows(_ORACLE)
+INTRO = (
+    "<p>Scores compare the posterior ensemble with a deterministic interpolation of the "
+    "observations (the baseline) on the test times, in physical units. In the tables, "
+    "<b>bold</b> marks the better of the two where a better value is defined.</p>"
+)
 def _metrics_table(e: dict) -> str:
     ens, base = e["ensemble"], e["baseline"]
     out = [
@@ -198,13 +203,6 @@ def report(
     spec = m.get("spec") or post.attrs.get("sgm_spec", "?")
     title = title or f"sgm posterior report — {spec}"
     return page.write(out_html, title, header_html(title, _provenance(m, spec, times), INTRO))
-
-
-INTRO = (
-    "<p>Scores compare the posterior ensemble with a deterministic interpolation of the "
-    "observations (the baseline) on the test times, in physical units. In the tables, "
-    "<b>bold</b> marks the better of the two where a better value is defined.</p>"
-)
 
 
 def _provenance(m: dict, spec: str, times: xr.DataArray) -> dict[str, Any]:

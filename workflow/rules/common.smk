@@ -1,4 +1,5 @@
-# Helpers shared by the rules: paths, config slices, and stage versions.
+# Helpers shared by the rules: paths, config slices, stage versions and job resources.
+import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -13,14 +14,23 @@ STAGE_VERSION = {
     "observe": "1",
     "train": "1",
     "sample": "1",
+    "gather": "1",
     "evaluate": "1",
     "report": "1",
 }
 
 
+# Rules that only wire files run on the submitting machine, never as cluster jobs.
+localrules:
+    all,
+    gather,
+
+
 wildcard_constraints:
     spec=r"[A-Za-z0-9_\-]+",
     model=r"[A-Za-z0-9_\-]+",
+    shard=r"\d+",
+    shards=r"\d+",
 
 
 def spec_file(wildcards):
@@ -36,8 +46,54 @@ def model_settings(wildcards):
     return as_json(config["models"][wildcards.model])
 
 
+def train_state(wildcards):
+    """The undeclared folder of a training run's checkpoints and loss log, one per settings.
+
+    A killed or timed-out job rerun with the same settings resumes from its last checkpoint;
+    changed settings (retraining) start afresh in a new folder instead of resuming a run whose
+    weights no longer fit or whose optimiser followed other settings.
+    """
+    settings = json.dumps(config["models"][wildcards.model], sort_keys=True)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return f"{RESULTS}/{wildcards.spec}/{wildcards.model}/train_state/{digest}"
+
+
 def sample_settings(wildcards):
-    return as_json(config["sample"])
+    """The sampler's settings: everything in ``sample:`` but how the work is split."""
+    return as_json({k: v for k, v in config["sample"].items() if k != "shards"})
+
+
+# ----------------------------------------------------------------------- job resources
+# config["resources"][stage] holds gpu, cpus_per_gpu, mem_mb and runtime of one train or sample
+# job (defaults filled in by the schema). A profile may override any of them per rule with
+# set-resources; launchers and torch threads follow the job's actual resources.
+
+
+def job_threads(stage):
+    """A GPU stage's threads: cpus_per_gpu per GPU (one GPU's worth for a CPU-only job)."""
+    res = config["resources"][stage]
+    return res["cpus_per_gpu"] * max(1, res["gpu"])
+
+
+def train_launcher(wildcards, resources):
+    """Plain `sgm` for one device; torchrun with one process per GPU when the job has several."""
+    if resources.gpu > 1:
+        return f"torchrun --standalone --nproc-per-node={resources.gpu} -m sgm"
+    return "sgm"
+
+
+def threads_per_process(wildcards, threads, resources):
+    """torch threads of each training process: the job's threads shared by its processes."""
+    return max(1, threads // max(1, resources.gpu))
+
+
+def posterior_shards(wildcards):
+    """The shard stores that gather assembles into posterior.zarr."""
+    shards = config["sample"]["shards"]
+    return [
+        f"{RESULTS}/{wildcards.spec}/{wildcards.model}/shards/posterior-{i}-of-{shards}.zarr"
+        for i in range(shards)
+    ]
 
 
 def all_reports():

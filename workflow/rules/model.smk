@@ -1,3 +1,13 @@
+# The GPU stages. Each job's size (gpu, cpus_per_gpu, mem_mb, runtime) comes from the config's
+# `resources:` section; a profile may override it per rule (set-resources). Where jobs run
+# (partition, account) is the profile's business, never the rules'.
+# `snakemake --lint` asks for a conda env or container per rule: every rule runs the one `sgm`
+# command from the environment Snakemake runs in (environment.yml or pip, see docs/cluster.md),
+# whose jobs inherit it on SLURM too; a per-rule env would have to install the package itself.
+TRAIN_RESOURCES = config["resources"]["train"]
+SAMPLE_RESOURCES = config["resources"]["sample"]
+
+
 rule train:
     input:
         spec=spec_file,
@@ -12,28 +22,56 @@ rule train:
         settings=model_settings,
         # Resumable state (checkpoints) lives beside the outputs, undeclared, so that a killed
         # job resumes instead of starting over.
-        workdir=lambda w: f"{RESULTS}/{w.spec}/{w.model}/train_state",
+        workdir=train_state,
+        # `sgm`, or torchrun with one DDP process per GPU when the job has several.
+        launcher=train_launcher,
+        torch_threads=threads_per_process,
+    threads: job_threads("train")
     resources:
-        gpu=1,
+        gpu=TRAIN_RESOURCES["gpu"],
+        cpus_per_gpu=TRAIN_RESOURCES["cpus_per_gpu"],
+        mem_mb=TRAIN_RESOURCES["mem_mb"],
+        runtime=TRAIN_RESOURCES["runtime"],
     shell:
-        "sgm train --spec {input.spec} --fields {input.fields} --out {output.model}"
-        " --workdir {params.workdir} --settings {params.settings} > {log} 2>&1"
+        "{params.launcher} train --threads {params.torch_threads} --spec {input.spec}"
+        " --fields {input.fields} --out {output.model} --workdir {params.workdir}"
+        " --settings {params.settings} > {log} 2>&1"
         " && cp {params.workdir}/loss.csv {output.loss}"
 
 
-rule sample:
+rule sample_shard:
     input:
         model=f"{RESULTS}/{{spec}}/{{model}}/model.pt",
         obs=f"{RESULTS}/{{spec}}/obs.zarr",
     output:
-        posterior=directory(f"{RESULTS}/{{spec}}/{{model}}/posterior.zarr"),
+        posterior=directory(
+            f"{RESULTS}/{{spec}}/{{model}}/shards/posterior-{{shard}}-of-{{shards}}.zarr"
+        ),
     log:
-        f"{RESULTS}/{{spec}}/{{model}}/logs/sample.log",
+        f"{RESULTS}/{{spec}}/{{model}}/logs/sample-{{shard}}-of-{{shards}}.log",
     params:
         version=STAGE_VERSION["sample"],
         settings=sample_settings,
+    threads: job_threads("sample")
     resources:
-        gpu=1,
+        gpu=SAMPLE_RESOURCES["gpu"],
+        cpus_per_gpu=SAMPLE_RESOURCES["cpus_per_gpu"],
+        mem_mb=SAMPLE_RESOURCES["mem_mb"],
+        runtime=SAMPLE_RESOURCES["runtime"],
     shell:
-        "sgm sample --model {input.model} --obs {input.obs} --out {output.posterior}"
-        " --settings {params.settings} > {log} 2>&1"
+        "sgm sample --threads {threads} --model {input.model} --obs {input.obs}"
+        " --shard {wildcards.shard} --shards {wildcards.shards}"
+        " --out {output.posterior} --settings {params.settings} > {log} 2>&1"
+
+
+rule gather:
+    input:
+        shards=posterior_shards,
+    output:
+        posterior=directory(f"{RESULTS}/{{spec}}/{{model}}/posterior.zarr"),
+    log:
+        f"{RESULTS}/{{spec}}/{{model}}/logs/gather.log",
+    params:
+        version=STAGE_VERSION["gather"],
+    shell:
+        "sgm gather {input.shards} --out {output.posterior} > {log} 2>&1"
