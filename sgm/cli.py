@@ -121,6 +121,18 @@ def _export_schemas(a: argparse.Namespace) -> None:
         print(out / name)
 
 
+def _required(sp: argparse.ArgumentParser, *names: str) -> None:
+    """Required path options ``--NAME``."""
+    for name in names:
+        sp.add_argument(f"--{name}", required=True)
+
+
+def _report_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--n-maps", type=int, default=3, help="times shown as maps")
+    sp.add_argument("--threshold", type=float, default=None, help="exceedance threshold")
+    sp.add_argument("--title", default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sgm", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"sgm {__version__}")
@@ -166,23 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
 
     sp = add("evaluate", _evaluate, "posterior + truth + obs → metrics.json and maps.zarr")
-    sp.add_argument("--fields", required=True)
-    sp.add_argument("--obs", required=True)
-    sp.add_argument("--posterior", required=True)
-    sp.add_argument("--metrics", required=True)
-    sp.add_argument("--maps", required=True)
+    _required(sp, "fields", "obs", "posterior", "metrics", "maps")
     sp.add_argument("--seed", type=int, default=0)
 
     sp = add("report", _report, "everything above → a self-contained HTML report")
-    sp.add_argument("--fields", required=True)
-    sp.add_argument("--obs", required=True)
-    sp.add_argument("--posterior", required=True)
-    sp.add_argument("--metrics", required=True)
-    sp.add_argument("--loss", required=True)
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--n-maps", type=int, default=3)
-    sp.add_argument("--threshold", type=float, default=None)
-    sp.add_argument("--title", default=None)
+    _required(sp, "fields", "obs", "posterior", "metrics", "loss", "out")
+    _report_options(sp)
 
     time_slice = {"nargs": 2, "metavar": ("START", "END"), "default": None,
                   "help": "only the times from START to END (YYYY-MM-DD, both included)"}
@@ -207,12 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("report-external", _report_external,
              "external obs + posterior → a self-contained HTML report without truth")
-    sp.add_argument("--obs", required=True)
-    sp.add_argument("--posterior", required=True)
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--n-maps", type=int, default=3)
-    sp.add_argument("--threshold", type=float, default=None)
-    sp.add_argument("--title", default=None)
+    _required(sp, "obs", "posterior", "out")
+    _report_options(sp)
 
     sp = add("validate-spec", _validate_spec, "check data spec files and print every error")
     sp.add_argument("files", nargs="+")

@@ -46,7 +46,7 @@ def test_save_keeps_newest_and_names_by_step(tmp_path: Path) -> None:
 
 
 def test_keep_three_and_stale_temp_files_removed(tmp_path: Path) -> None:
-    stale = tmp_path / ".tmp-ckpt-00000005.pt.abc123"
+    stale = tmp_path / ".ckpt-00000005.pt.tmp-abc123"  # left by a killed atomic_write
     stale.write_bytes(b"half a file")
     for step in range(1, 6):
         save_checkpoint(_state(step), tmp_path, step, keep=3)

@@ -83,13 +83,22 @@ def test_slurm_profile_asks_for_the_configured_resources(tmp_path: Path) -> None
     by_rule: dict[str, list[dict]] = {}
     for job in jobs:
         by_rule.setdefault(job["rule"], []).append(job)
-    assert {rule: len(js) for rule, js in by_rule.items()} == {
+    external = config.get("external", [])  # the demo's observations from other files
+    expected = {
         "ingest": 1, "observe": 1, "train": 1, "sample_shard": 3, "gather": 1, "evaluate": 1,
-        "report": 1, "all": 1,
+        "report": 1, "all": 1, "coarsen_external": sum(e.get("make_coarse", False)
+                                                      for e in external),
+        "observe_external": len(external),
+        "sample_external": len(external) * len(config["models"]),
+        "report_external": len(external) * len(config["models"]),
     }
-    for rule, stage in (("train", "train"), ("sample_shard", "sample")):
+    assert {rule: len(js) for rule, js in by_rule.items()} == {
+        rule: n for rule, n in expected.items() if n
+    }
+    for rule, stage in (("train", "train"), ("sample_shard", "sample"),
+                        ("sample_external", "sample")):
         want = config["resources"][stage]
-        for job in by_rule[rule]:
+        for job in by_rule.get(rule, []):
             res = job["resources"]
             assert {k: int(res[k]) for k in want} == want, rule
             assert res["slurm_partition"] == profile["set-resources"][rule]["slurm_partition"]
@@ -97,41 +106,42 @@ def test_slurm_profile_asks_for_the_configured_resources(tmp_path: Path) -> None
     shards = sorted(re.search(r"--shard (\d+) --shards (\d+)", j["shell"]).groups()
                     for j in by_rule["sample_shard"])
     assert shards == [("0", "3"), ("1", "3"), ("2", "3")]
-    for rule in ("ingest", "observe", "evaluate", "report"):
-        (job,) = by_rule[rule]
-        res = job["resources"]
-        assert "gpu" not in res and "slurm_partition" not in res, rule
-        assert int(res["mem_mb"]) == profile["default-resources"]["mem_mb"]
-        assert int(res["runtime"]) == profile["default-resources"]["runtime"]
-        assert job["threads"] == 1
+    for rule in ("ingest", "observe", "evaluate", "report", "coarsen_external",
+                 "observe_external", "report_external"):
+        for job in by_rule.get(rule, []):
+            res = job["resources"]
+            assert "gpu" not in res and "slurm_partition" not in res, rule
+            assert int(res["mem_mb"]) == profile["default-resources"]["mem_mb"]
+            assert int(res["runtime"]) == profile["default-resources"]["runtime"]
+            assert job["threads"] == 1
 
 
-def train_command(jobs: list[dict]) -> str:
+def train_launch(jobs: list[dict]) -> str:
+    """What the train job's shell command runs, as `<launcher> --threads <per process>`."""
     (job,) = [j for j in jobs if j["rule"] == "train"]
-    return job["shell"]
+    command = job["shell"]
+    prefix = command[: command.index("$sgm train ")]
+    done = subprocess.run(["bash", "-euc", prefix + 'echo "$sgm --threads $threads"'],
+                          capture_output=True, text=True, check=True)
+    return done.stdout.strip()
 
 
 def test_training_launcher_follows_the_jobs_gpus(tmp_path: Path) -> None:
     config = json.loads(json.dumps(TINY))
     config["resources"] = {"train": {"gpu": 2, "cpus_per_gpu": 3}}
-    on_slurm = train_command(
-        dry_run(tmp_path, config, "--workflow-profile", str(PROFILE), "--cores", "256")
-    )
-    assert on_slurm.startswith("torchrun --standalone --nproc-per-node=2 -m sgm train --threads 3 ")
-    # set-resources (here from the command line) wins over the config
-    overridden = train_command(dry_run(
-        tmp_path, config, "--workflow-profile", str(PROFILE), "--cores", "256",
-        "--set-resources", "train:gpu=4",
-    ))
-    assert overridden.startswith("torchrun --standalone --nproc-per-node=4 -m sgm train ")
+    slurm = ("--workflow-profile", str(PROFILE), "--cores", "256")
+    torchrun = "torchrun --standalone --nproc-per-node"
+    assert train_launch(dry_run(tmp_path, config, *slurm)) == f"{torchrun}=2 -m sgm --threads 3"
+    # set-resources (here from the command line) wins over the config; threads stay 2 × 3
+    assert train_launch(dry_run(tmp_path, config, *slurm, "--set-resources", "train:gpu=3")
+                        ) == f"{torchrun}=3 -m sgm --threads 2"
     # locally the default profile has one gpu: the job shrinks to one process on 2 cores
-    local = train_command(dry_run(tmp_path, config))
-    assert local.startswith("sgm train --threads 2 ")
-    two_gpus = train_command(dry_run(tmp_path, config, "--resources", "gpu=2"))
-    assert two_gpus.startswith("torchrun --standalone --nproc-per-node=2 -m sgm train --threads 1 ")
+    assert train_launch(dry_run(tmp_path, config)) == "sgm --threads 2"
+    assert train_launch(dry_run(tmp_path, config, "--resources", "gpu=2")
+                        ) == f"{torchrun}=2 -m sgm --threads 1"
     cpu_only = json.loads(json.dumps(TINY))
     cpu_only["resources"] = {"train": {"gpu": 0, "cpus_per_gpu": 2}}
-    assert train_command(dry_run(tmp_path, cpu_only)).startswith("sgm train --threads 2 ")
+    assert train_launch(dry_run(tmp_path, cpu_only)) == "sgm --threads 2"
 
 
 # ------------------------------------------------------------------------- a real cluster

@@ -26,8 +26,6 @@ from sgm.stages.report_external import report_external, variable_summary
 from sgm.stages.sample import sample_stage
 from sgm.stages.train import train_stage
 
-torch.set_num_threads(1)
-
 REPO = Path(__file__).resolve().parents[1]
 NY, NX, FACTOR, ETA = 13, 17, 4, 0.1  # cropped to 12 x 16, observed on 3 x 4 blocks
 LAT = 20.0 + 1.25 * np.arange(NY)

@@ -250,10 +250,10 @@ def test_small_chunks_stream_and_give_the_same_store(tmp_path: Path,
     ds.to_netcdf(tmp_path / "f.nc")
     spec = write_spec(tmp_path / "s.yaml", source={"paths": ["f.nc"]})
     whole = open_store(ingest(spec, tmp_path / "a.zarr"))
-    monkeypatch.setattr("sgm.io.sources.CHUNK_BYTES", 6 * 12 * 4 * 5)  # 5 steps per chunk
-    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 6 * 12 * 4 * 5)
+    monkeypatch.setattr("sgm.io.sources.READ_CHUNK_BYTES", 6 * 12 * 4 * 3)  # 3 steps a read
+    monkeypatch.setattr(ingest_module, "CHUNK_BYTES", 6 * 12 * 4 * 5)  # 5 steps a store chunk
     lazy = build_fields(load(spec), tmp_path)
-    assert lazy.tas.chunks[0] == (5, 5, 5, 5, 4)  # dask-backed, not loaded
+    assert lazy.tas.chunks[0] == (3,) * 8  # dask-backed, not loaded
     parts = open_store(ingest(spec, tmp_path / "b.zarr"))
     assert parts.tas.encoding["chunks"][0] == 5
     np.testing.assert_array_equal(parts.tas.values, whole.tas.values)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -11,15 +10,6 @@ from torch import Tensor, nn
 
 from sgm.core.loss import EDMLoss
 from sgm.core.precond import EDMPrecond, edm_coefficients
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: robust timings on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 class ZeroNet(nn.Module):

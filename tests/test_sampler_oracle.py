@@ -91,14 +91,6 @@ def _make_problem(name: str) -> Problem:
 PROBLEMS = {name: _make_problem(name) for name in ("coarsen", "sparse")}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small batched matmuls: one thread is as fast on an idle machine and several times
-    faster on a busy one (2-thread BLAS spin-waits under contention)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _sample(denoise: Callable[[Tensor, Tensor], Tensor], sigmas: Tensor, members: int, **kw):

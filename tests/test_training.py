@@ -9,7 +9,6 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,6 @@ from sgm.core.network import build_unet
 from sgm.core.precond import EDMPrecond
 from sgm.core.training import LOSS_HEADER, TrainSettings, train
 from sgm.io.checkpoint import list_checkpoints
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: robust timings on a shared 2-core machine, and the same thread
-    count as the subprocess of the kill test (bitwise comparison)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def toy_fields(n: int, hw: int, seed: int) -> Tensor:

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from sgm.core.ema import EMA
 from sgm.core.loss import EDMLoss
 from sgm.core.precond import EDMPrecond
+from sgm.io.atomic import atomic_write_text
 from sgm.io.checkpoint import load_latest_checkpoint, save_checkpoint
 
 __all__ = ["LOSS_HEADER", "TrainResult", "TrainSettings", "train"]
@@ -124,9 +125,7 @@ def _rewrite_loss_csv(path: Path, keep_until: int) -> None:
             if line.endswith("\n") and len(fields) == 5 and fields[0].isdigit():
                 if int(fields[0]) <= keep_until:
                     rows.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(LOSS_HEADER + "\n" + "".join(rows))
-    os.replace(tmp, path)
+    atomic_write_text(path, LOSS_HEADER + "\n" + "".join(rows))
 
 
 class _LossLog:

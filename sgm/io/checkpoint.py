@@ -14,14 +14,14 @@ This module knows files, not models: the caller assembles the state dict.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from sgm.io.atomic import atomic_write
 
 __all__ = [
     "list_checkpoints",
@@ -34,7 +34,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.pt$")
-_TMP_PREFIX = ".tmp-"
 _PLAIN = (int, float, bool, str, type(None), torch.Tensor)
 
 
@@ -57,36 +56,10 @@ def _check_plain(obj: Any, where: str = "state") -> None:
     )
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename in ``directory`` (no-op where folders cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_save(state: Mapping[str, Any], path: Path) -> None:
     """torch.save ``state`` to ``path`` via temp file + fsync + os.replace."""
     _check_plain(state)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    atomic_write(path, lambda tmp: torch.save(dict(state), tmp), durable=True)
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -114,7 +87,7 @@ def save_checkpoint(state: dict[str, Any], directory: Path, step: int, keep: int
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
     directory = Path(directory)
-    for stale in directory.glob(_TMP_PREFIX + "ckpt-*"):
+    for stale in directory.glob(".ckpt-*.tmp-*"):
         stale.unlink(missing_ok=True)
     path = directory / f"ckpt-{step:08d}.pt"
     _atomic_save(state, path)

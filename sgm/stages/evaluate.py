@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ import xarray as xr
 
 from sgm.core import metrics
 from sgm.core.operators import ObservationOperator, build_operator
+from sgm.io.atomic import atomic_write_text
 from sgm.io.stores import json_attr, open_store, write_store
 
 log = logging.getLogger(__name__)
@@ -285,13 +285,9 @@ def evaluate(
     write_store(
         maps_ds, maps_path, attrs={"sgm_spec": result["spec"] or "", "sgm_n_times": int(times.size)}
     )
-    tmp = metrics_path.with_name(f".{metrics_path.name}.tmp")
     try:
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text)
-        os.replace(tmp, metrics_path)
+        atomic_write_text(metrics_path, text)
     except BaseException:
-        tmp.unlink(missing_ok=True)
         shutil.rmtree(maps_path, ignore_errors=True)
         raise
     return result

@@ -15,8 +15,6 @@ variable and the problem) before anything is written; files and stores are writt
 from __future__ import annotations
 
 import logging
-import os
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +26,7 @@ from pydantic import ValidationError
 
 from sgm.config import DataSpec, DateRange, FieldRef, SpecError, load_spec
 from sgm.core.operators import build_operator
+from sgm.io.atomic import atomic_write
 from sgm.io.errors import MissingSourceError, SourceError
 from sgm.io.grid import same_grid
 from sgm.io.sources import package_file, read_field
@@ -98,14 +97,7 @@ def _field_ref(spec: DataSpec, name: str) -> FieldRef:
 
 def _write_netcdf(ds: xr.Dataset, out: Path) -> Path:
     """Write ``ds`` to ``out`` through a temporary sibling (never a partial file)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4")
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write(out, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4"))
 
 
 def coarsen_file(

@@ -11,12 +11,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+
+from sgm.io.atomic import atomic_write_text
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;
@@ -117,10 +118,4 @@ class Page:
         out_html.parent.mkdir(parents=True, exist_ok=True)
         for name, png in self.figures:
             (out_html.parent / name).write_bytes(png)
-        tmp = out_html.with_name(f".{out_html.name}.tmp")
-        try:
-            tmp.write_text(page, encoding="utf-8")
-            os.replace(tmp, out_html)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return out_html
+        return atomic_write_text(out_html, page)
