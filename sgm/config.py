@@ -18,12 +18,14 @@ import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     NonNegativeInt,
     Tag,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -67,18 +69,18 @@ class GaussianFieldSource(_Strict):
 class Source(_Strict):
     """Where fields come from: exactly one of paths, package_file or synthetic."""
 
-    paths: list[str] | None = Field(
+    paths: Annotated[
+        list[str] | None,
+        BeforeValidator(lambda v: [v] if isinstance(v, str) else v),
+        WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {
+            "type": "string"}}, {"type": "null"}]}),
+    ] = Field(
         None,
-        description="NetCDF files, glob patterns or Zarr stores (folders), relative to the spec "
-        "file; all files are concatenated along time, in time order.",
+        description="A NetCDF file, glob pattern or Zarr store (folder), or a list of them, "
+        "relative to the spec file; all files are concatenated along time, in time order.",
     )
     package_file: PackageFile | None = None
     synthetic: GaussianFieldSource | None = None
-
-    @field_validator("paths", mode="before")
-    @classmethod
-    def _one_path(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:

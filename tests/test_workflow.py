@@ -112,6 +112,20 @@ def test_second_dry_run_has_nothing_to_do(run: Path) -> None:
     assert "Nothing to be done" in dry.stdout + dry.stderr
 
 
+def test_bigger_jobs_rerun_nothing(run: Path) -> None:
+    """Jobs' sizes (GPUs, threads: here torchrun instead of sgm) are no reason to retrain."""
+    bigger = json.loads(json.dumps(TINY))
+    bigger["resources"] = {"train": {"gpu": 2, "cpus_per_gpu": 8, "mem_mb": 64000},
+                           "sample": {"cpus_per_gpu": 8, "runtime": 5}}
+    write_config(run, bigger)
+    try:
+        dry = snakemake(run, "-n", "--resources", "gpu=2")
+        assert dry.returncode == 0, dry.stderr
+        assert "Nothing to be done" in dry.stdout + dry.stderr
+    finally:
+        write_config(run, TINY)
+
+
 def test_sampler_change_reruns_only_downstream(run: Path) -> None:
     changed = json.loads(json.dumps(TINY))
     changed["sample"]["steps"] = 4

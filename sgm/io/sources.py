@@ -35,7 +35,11 @@ from sgm.io.grid import (
 __all__ = ["SourceError", "MissingSourceError", "package_file", "expand_paths", "source_paths",
            "open_file", "find_variable", "describe", "read_field", "bounded_reading"]
 
-CHUNK_BYTES = 32 * 2**20  # dask chunk size along time: bounded memory, few tasks
+# Reads go in small dask chunks along time, whole multiples of the file's own chunks: joining
+# them into the store's larger chunks then never splits a read chunk between two writes, which
+# would make dask hold many of them in memory at once.
+READ_CHUNK_BYTES = 2**20
+CHUNK_BYTES = 32 * 2**20  # the store's chunks along time
 
 
 @contextlib.contextmanager
@@ -141,9 +145,20 @@ def find_variable(ds: xr.Dataset, path: Path, name: str | None, standard_name: s
                              f"gridded variables present: {present}")
 
 
-def _time_chunk(da: xr.DataArray) -> int:
+def _time_chunk(da: xr.DataArray, native: int) -> int:
+    """Read chunk along time: about READ_CHUNK_BYTES, a multiple of the file's own chunk."""
     step_bytes = max(1, int(np.prod([da.sizes[d] for d in da.dims if d != "time"])) * 4)
-    return max(1, CHUNK_BYTES // step_bytes)
+    return native * max(1, READ_CHUNK_BYTES // (native * step_bytes))
+
+
+def _native_time_chunk(original: xr.DataArray, renamed: xr.DataArray) -> int:
+    """The file's chunk length along time (1 for contiguous or classic files)."""
+    preferred = original.encoding.get("preferred_chunks") or {}
+    for dim, new in zip(original.dims, renamed.dims, strict=True):
+        if new == "time":
+            size = preferred.get(dim, 1)
+            return int(size) if 0 < int(size) < original.sizes[dim] else 1
+    return 1
 
 
 def read_piece(path: Path, ref: FieldRef, convention: str, need_time: bool = True) -> xr.DataArray:
@@ -154,12 +169,13 @@ def read_piece(path: Path, ref: FieldRef, convention: str, need_time: bool = Tru
     where = f"{path}: variable {var!r}"
     encoding = dict(ds[var].encoding)
     da = rename_dims(ds[var])
+    native = _native_time_chunk(ds[var], da)
     if ref.level is not None:
         da = select_level(da, ref.level, ref.level_units, where)
     da = squeeze_extra(da, where, need_time)
     check_axes(da, where)
     dims = ("time", "lat", "lon") if need_time else ("lat", "lon")
-    chunks = {"time": _time_chunk(da)} if need_time else {}
+    chunks = {"time": _time_chunk(da, native)} if need_time else {}
     da = da.chunk({**chunks, "lat": -1, "lon": -1}).transpose(*dims)
     da.encoding = encoding
     da = mask_invalid(da, from_netcdf=kind != "zarr")

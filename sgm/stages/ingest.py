@@ -37,12 +37,12 @@ from sgm.io.stores import write_store
 log = logging.getLogger(__name__)
 
 
-def compute(*objects: Any) -> tuple:
+def compute(*objects: Any, where: str = "source") -> tuple:
     """Compute dask-backed objects together (sources read once), converting read failures."""
     try:
         return dask.compute(*objects, scheduler="synchronous")
     except (OSError, RuntimeError) as exc:
-        raise SourceError(f"reading failed ({exc.__class__.__name__}: {exc})") from exc
+        raise SourceError(f"{where}: reading failed ({exc.__class__.__name__}: {exc})") from exc
 
 
 def _synthetic(src: GaussianFieldSource, var: Variable) -> tuple[xr.DataArray, dict]:
@@ -136,7 +136,8 @@ def _fill_and_stats(
     only when some values are missing (and allowed) do two more fill them with the training
     split's per-pixel mean and recompute the statistics.
     """
-    n_missing, mean, std = compute((~np.isfinite(da)).sum(), *_moments(da, train))
+    n_missing, mean, std = compute((~np.isfinite(da)).sum(), *_moments(da, train),
+                                   where=where_of(da))
     n_missing = int(n_missing)
     if n_missing:
         fraction = n_missing / da.size
@@ -148,13 +149,14 @@ def _fill_and_stats(
             )
         attrs = dict(da.attrs, sgm_missing_filled=n_missing)
         da = da.where(np.isfinite(da))
-        (climatology,) = compute(da.isel(time=train).mean("time", dtype=np.float64))
+        (climatology,) = compute(da.isel(time=train).mean("time", dtype=np.float64),
+                                 where=where_of(da))
         if bool(climatology.isnull().any()):
             raise SourceError(f"{where_of(da)}: has pixels that are missing at every training "
                               "time step (e.g. land in a sea field); choose a region without them")
         log.info("%s: filling %d missing values with the training mean", where_of(da), n_missing)
         da = da.fillna(climatology.astype(np.float32)).assign_attrs(attrs)
-        mean, std = compute(*_moments(da, train))
+        mean, std = compute(*_moments(da, train), where=where_of(da))
     if not float(std) > 0:
         raise SourceError(f"{where_of(da)}: is constant over the training split")
     return da, {"mean": float(mean), "std": float(std)}
@@ -172,7 +174,7 @@ def _read_static(
             raise
         log.warning("skipping optional static covariate %r: %s", ref.name, exc)
         return None
-    da = place(da, spec).astype(np.float32).load()
+    (da,) = compute(place(da, spec).astype(np.float32), where=where_of(da))
     dim = same_grid(like, da)
     if dim is not None:
         raise SourceError(f"{where_of(da)}: static covariate {ref.name!r} has a {dim} grid "

@@ -78,7 +78,7 @@ def build_paired(spec: DataSpec, spec_dir: Path | None, fields: xr.Dataset) -> x
             raise SourceError(f"{where_of(da)}: has units {units!r} but the target variable "
                               f"{name!r} has {want!r} (set units/convert_to in paired)")
         da = _on_times(_on_blocks(da, fields, factor), fields).astype(np.float32)
-        (bad,) = compute((~np.isfinite(da)).sum())
+        (bad,) = compute((~np.isfinite(da)).sum(), where=where_of(da))
         if int(bad):
             raise SourceError(f"{where_of(da)}: has {int(bad)} missing or non-finite values")
         attrs = {k: v for k, v in da.attrs.items() if isinstance(v, str | int | float)}

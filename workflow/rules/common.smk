@@ -10,7 +10,7 @@ SPEC_DIR = config.get("spec_dir", "data_specs")
 # Package code is invisible to Snakemake's code-change trigger: bump a stage's version when
 # the meaning of its output changes, and the stage (and everything after it) reruns.
 STAGE_VERSION = {
-    "ingest": "1",
+    "ingest": "2",
     "observe": "1",
     "train": "1",
     "sample": "1",
@@ -65,8 +65,10 @@ def sample_settings(wildcards):
 
 # ----------------------------------------------------------------------- job resources
 # config["resources"][stage] holds gpu, cpus_per_gpu, mem_mb and runtime of one train or sample
-# job (defaults filled in by the schema). A profile may override any of them per rule with
-# set-resources; launchers and torch threads follow the job's actual resources.
+# job (defaults filled in by the schema). A profile may override them per rule with
+# set-resources: the training launcher follows the job's actual gpu count, while threads come
+# from the config (override them with set-threads) since a rule's threads cannot depend on its
+# resources.
 
 
 def job_threads(stage):
@@ -75,16 +77,16 @@ def job_threads(stage):
     return res["cpus_per_gpu"] * max(1, res["gpu"])
 
 
-def train_launcher(wildcards, resources):
-    """Plain `sgm` for one device; torchrun with one process per GPU when the job has several."""
-    if resources.gpu > 1:
-        return f"torchrun --standalone --nproc-per-node={resources.gpu} -m sgm"
-    return "sgm"
-
-
-def threads_per_process(wildcards, threads, resources):
-    """torch threads of each training process: the job's threads shared by its processes."""
-    return max(1, threads // max(1, resources.gpu))
+# The start of the train rule's shell command: it sets $sgm to `sgm`, or to torchrun with one
+# DDP process per GPU when the job has several, and $threads to each process's share of the
+# job's threads. Shell rather than params: params are rerun triggers, and the job's size (GPUs,
+# cores) must never retrain a model.
+TRAIN_LAUNCHER = (
+    "if [ {resources.gpu} -gt 1 ]; then"
+    " sgm='torchrun --standalone --nproc-per-node={resources.gpu} -m sgm';"
+    " threads=$(( {threads} / {resources.gpu} )); [ $threads -ge 1 ] || threads=1;"
+    " else sgm=sgm; threads={threads}; fi; "
+)
 
 
 def posterior_shards(wildcards):

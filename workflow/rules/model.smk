@@ -1,9 +1,6 @@
 # The GPU stages. Each job's size (gpu, cpus_per_gpu, mem_mb, runtime) comes from the config's
 # `resources:` section; a profile may override it per rule (set-resources). Where jobs run
 # (partition, account) is the profile's business, never the rules'.
-# `snakemake --lint` asks for a conda env or container per rule: every rule runs the one `sgm`
-# command from the environment Snakemake runs in (environment.yml or pip, see docs/cluster.md),
-# whose jobs inherit it on SLURM too; a per-rule env would have to install the package itself.
 TRAIN_RESOURCES = config["resources"]["train"]
 SAMPLE_RESOURCES = config["resources"]["sample"]
 
@@ -23,9 +20,6 @@ rule train:
         # Resumable state (checkpoints) lives beside the outputs, undeclared, so that a killed
         # job resumes instead of starting over.
         workdir=train_state,
-        # `sgm`, or torchrun with one DDP process per GPU when the job has several.
-        launcher=train_launcher,
-        torch_threads=threads_per_process,
     threads: job_threads("train")
     resources:
         gpu=TRAIN_RESOURCES["gpu"],
@@ -33,7 +27,8 @@ rule train:
         mem_mb=TRAIN_RESOURCES["mem_mb"],
         runtime=TRAIN_RESOURCES["runtime"],
     shell:
-        "{params.launcher} train --threads {params.torch_threads} --spec {input.spec}"
+        # $sgm is `sgm`, or torchrun with one process per GPU when the job has several
+        f"{TRAIN_LAUNCHER}$sgm train --threads $threads --spec {{input.spec}}"
         " --fields {input.fields} --out {output.model} --workdir {params.workdir}"
         " --settings {params.settings} > {log} 2>&1"
         " && cp {params.workdir}/loss.csv {output.loss}"
