@@ -11,7 +11,8 @@ lines. It needs root and apt-get, and is skipped with SGM_SKIP_SLURM=1. The mach
 sampling asks for gpu: 0 (CPU jobs in the GPU partition), while the node advertises two GPUs
 backed by /dev/null and /dev/zero (gres.conf) so that training asks for `--gpus=2` as on a real
 cluster; SLURM allocates them and the CPU build of torch, finding no CUDA, trains its two
-torchrun processes with gloo on the CPUs.
+torchrun processes with gloo on the CPUs. The sbatch command lines are kept in the test's
+folder, or in the file SGM_SBATCH_LOG names.
 """
 
 from __future__ import annotations
