@@ -1,14 +1,9 @@
-"""Validated settings: data specs and the workflow's model, training and sampling settings.
-
-pydantic is the single source of truth: the JSON schemas in ``workflow/schemas/`` are exported
-from these models (``sgm export-schemas``) and a test keeps them in sync. Every error names the
-file and the key path.
-"""
+"""Data specs: the contract between a dataset and the pipeline (sources, variables, grid,
+splits, observation operator, conditioning)."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,42 +12,33 @@ import cftime
 import numpy as np
 import yaml
 from pydantic import (
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     NonNegativeInt,
     Tag,
-    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-
-class SpecError(ValueError):
-    """A data spec or settings file is invalid; the message names the file and the key."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-# --------------------------------------------------------------------------- data specs
-
-NAME_PATTERN = r"^[A-Za-z0-9_\-]+$"
-DATE_PATTERN = r"^-?\d{1,4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2})?)?$"
+from sgm.config.base import (
+    DATE_PATTERN,
+    NAME_PATTERN,
+    StrictModel,
+    read_yaml,
+    validate,
+)
 
 
-class PackageFile(_Strict):
+class PackageFile(StrictModel):
     """A file shipped inside an installed Python package (found without a machine's path)."""
 
     package: str = Field(description="Importable package name, e.g. iris_sample_data.")
     path: str = Field(description="Path of the file inside the package.")
 
 
-class GaussianFieldSource(_Strict):
+class GaussianFieldSource(StrictModel):
     """A synthetic stationary Gaussian random field (the exact-posterior oracle)."""
 
     kind: Literal["gaussian_random_field"] = "gaussian_random_field"
@@ -66,7 +52,7 @@ class GaussianFieldSource(_Strict):
     units: str = Field("1", description="Units written on the generated variable.")
 
 
-class Source(_Strict):
+class Source(StrictModel):
     """Where fields come from: exactly one of paths, package_file or synthetic."""
 
     paths: Annotated[
@@ -92,7 +78,7 @@ class Source(_Strict):
         return self
 
 
-class FieldRef(_Strict):
+class FieldRef(StrictModel):
     """A variable in a source: found by name or CF standard_name, at one level, in given units."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Name in sgm's stores.")
@@ -160,7 +146,7 @@ class PairedVariable(FieldRef):
     name: str = Field(pattern=NAME_PATTERN, description="The target variable it pairs with.")
 
 
-class Paired(_Strict):
+class Paired(StrictModel):
     """A low-resolution source aligned in time with the targets (real downscaling pairs).
 
     Its grid must be the targets' grid averaged over factor x factor blocks (operator.factor):
@@ -180,7 +166,7 @@ class Paired(_Strict):
         return self
 
 
-class Region(_Strict):
+class Region(StrictModel):
     """A lat/lon box in degrees; longitude bounds in either convention (−180..180 or 0..360)."""
 
     lat: tuple[float, float] | None = Field(None, description="(south, north), south < north.")
@@ -211,7 +197,7 @@ def date_fields(text: str) -> tuple[int, ...]:
     return tuple(int(g) for g in match.groups() if g is not None)
 
 
-class DateRange(_Strict):
+class DateRange(StrictModel):
     """Times from start to end, both included (a date without a time includes the whole day)."""
 
     start: str = Field(pattern=DATE_PATTERN, description="YYYY-MM-DD[THH:MM[:SS]]")
@@ -252,7 +238,7 @@ SplitSize = Annotated[
 SPLITS = ("train", "val", "test")
 
 
-class Splits(_Strict):
+class Splits(StrictModel):
     """Time splits as counts (consecutive train → val → test), fractions, or date ranges."""
 
     train: SplitSize = Field(
@@ -313,13 +299,13 @@ class Splits(_Strict):
         return labels
 
 
-class Coarsen(_Strict):
+class Coarsen(StrictModel):
     kind: Literal["coarsen"] = "coarsen"
     factor: int = Field(ge=2, description="Block-average factor; the grid is cropped to divide.")
     noise_std: float = Field(0.0, ge=0, description="Observation noise std (physical units).")
 
 
-class Sparse(_Strict):
+class Sparse(StrictModel):
     kind: Literal["sparse"] = "sparse"
     fraction: float | None = Field(None, gt=0, le=1, description="Fraction of pixels observed.")
     seed: int = Field(0, description="Seed for choosing the observed pixels (with fraction).")
@@ -335,7 +321,7 @@ class Sparse(_Strict):
         return self
 
 
-class Blur(_Strict):
+class Blur(StrictModel):
     kind: Literal["blur"] = "blur"
     sigma_pixels: float = Field(gt=0, description="Gaussian blur standard deviation (pixels).")
     boundary: Literal["periodic", "reflect"] = Field("periodic", description="Edge handling.")
@@ -345,7 +331,7 @@ class Blur(_Strict):
 Operator = Annotated[Coarsen | Sparse | Blur, Field(discriminator="kind")]
 
 
-class Conditioning(_Strict):
+class Conditioning(StrictModel):
     """Extra conditioning channels besides the observation."""
 
     climatology: bool = Field(
@@ -353,7 +339,7 @@ class Conditioning(_Strict):
     )
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     """A dataset and its inverse problem: the contract between a dataset and the pipeline."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Spec name (results folder).")
@@ -401,201 +387,6 @@ class DataSpec(_Strict):
         return self.operator.model_dump(exclude={"noise_std"}, exclude_none=True)
 
 
-# ------------------------------------------------------------------- workflow settings
-
-
-class ModelSettings(_Strict):
-    """The U-Net's size."""
-
-    preset: Literal["tiny", "small", "base"] = "tiny"
-    base_channels: int | None = Field(None, ge=4, description="Override the preset's width.")
-    sigma_data: float = Field(1.0, gt=0, description="EDM sigma_data (data are standardised).")
-    target: Literal["residual", "field"] = Field(
-        "residual",
-        description="What the diffusion model learns: the residual from the operator's baseline"
-        " (e.g. bicubic), scaled to unit std, or the standardised field itself.",
-    )
-
-
-class TrainSettings(_Strict):
-    """Optimisation settings (see sgm.core.training.TrainSettings)."""
-
-    steps: int = Field(2000, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    lr_warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
-    ema_beta: float = Field(0.999, gt=0, lt=1)
-    ema_warmup: bool = True
-    checkpoint_every: int = Field(250, ge=1)
-    log_every: int = Field(25, ge=1)
-    seed: int = 0
-    device: str = "auto"
-    P_mean: float = -1.2
-    P_std: float = 1.2
-    compile: bool = False
-
-
-class SampleSettings(_Strict):
-    """EDM sampler settings."""
-
-    members: int = Field(16, ge=2)
-    steps: int = Field(32, ge=1)
-    churn: float = Field(0.0, ge=0)
-    s_tmin: float = Field(0.0, ge=0)
-    s_tmax: float = Field(1e9, ge=0)
-    s_noise: float = Field(1.0, gt=0)
-    sigma_min: float = Field(0.002, gt=0)
-    sigma_max: float = Field(80.0, gt=0)
-    rho: float = Field(7.0, gt=0)
-    seed: int = 0
-    batch_size: int = Field(64, ge=1)
-    device: str = "auto"
-
-
-class WorkflowSampleSettings(SampleSettings):
-    """The config's ``sample:`` section: the sampler settings plus how to split the work."""
-
-    shards: int = Field(
-        1, ge=1, description="Split the test times into this many sampling jobs (one GPU each), "
-        "gathered into one posterior.zarr; the ensemble does not depend on it."
-    )
-
-
-class JobResources(_Strict):
-    """What one job of a GPU stage asks for (Snakemake resources; the SLURM profile maps them
-    to sbatch options and may override them with set-resources)."""
-
-    gpu: int = Field(
-        1, ge=0, description="GPUs per job (sbatch --gpus). More than 1 trains with torchrun, one "
-        "process per GPU; 0 makes a CPU-only job."
-    )
-    cpus_per_gpu: int = Field(
-        4, ge=1, description="CPU cores per GPU (sbatch --cpus-per-gpu; --cpus-per-task when gpu "
-        "is 0). The job's threads are cpus_per_gpu × max(gpu, 1), capped by --cores locally."
-    )
-    mem_mb: int = Field(16000, ge=1, description="Memory per job in MB (sbatch --mem).")
-    runtime: int = Field(
-        720, ge=1, description="Wall-clock limit per job in minutes (sbatch -t)."
-    )
-
-
-class SampleJobResources(JobResources):
-    """Resources of one sampling job: one device per job; more GPUs means more shards."""
-
-    gpu: int = Field(
-        1, ge=0, le=1, description="GPUs per sampling job (0 or 1; use sample.shards to spread "
-        "sampling over several GPUs)."
-    )
-    runtime: int = Field(120, ge=1, description="Wall-clock limit per job in minutes (sbatch -t).")
-
-
-class Resources(_Strict):
-    """Per-job resources of the GPU stages; the other stages are 1-core CPU jobs."""
-
-    train: JobResources = JobResources()
-    sample: SampleJobResources = SampleJobResources()
-
-
-class ModelEntry(_Strict):
-    """A named model in the config: network size plus training settings."""
-
-    model: ModelSettings = ModelSettings()
-    train: TrainSettings = TrainSettings()
-
-
-class ReportSettings(_Strict):
-    n_maps: int = Field(3, ge=1)
-    threshold: float | None = Field(None, description="Exceedance threshold; default: q90.")
-
-
-DateText = Annotated[str, Field(pattern=DATE_PATTERN)]
-
-
-class ExternalObservations(_Strict):
-    """Coarse observations from a file training never saw (e.g. another emissions scenario):
-    every model of ``spec`` samples their posterior, reported without truth."""
-
-    spec: str = Field(pattern=NAME_PATTERN, description="The data spec whose models sample them.")
-    name: str = Field(
-        pattern=NAME_PATTERN, description="Name of this set of observations (results/<spec>/"
-        "external/<name>/ and results/<spec>/<model>/external/<name>/)."
-    )
-    file: str = Field(
-        min_length=1, description="NetCDF file with the coarse observations on the spec's coarse "
-        "grid (or fine fields with make_coarse): a path, or package:<package>/<path in it>."
-    )
-    variables: dict[str, str] = Field(
-        min_length=1, description="sgm variable name -> variable name in the file, for every "
-        "variable of the spec, e.g. {tas: air_temperature}."
-    )
-    make_coarse: bool = Field(
-        False, description="The file holds fine fields on the spec's grid: block-average them "
-        "with the spec's operator first (demos, testing the path)."
-    )
-    time_slice: tuple[DateText, DateText] | None = Field(
-        None, description="[start, end] dates YYYY-MM-DD, both included; default: every time."
-    )
-
-    @field_validator("time_slice", mode="before")
-    @classmethod
-    def _dates_as_text(cls, value: Any) -> Any:
-        if isinstance(value, list | tuple):
-            return [v.isoformat() if isinstance(v, dt.date) else v for v in value]
-        return value
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ExternalObservations:
-        if self.time_slice and date_fields(self.time_slice[0]) > date_fields(self.time_slice[1]):
-            raise ValueError(f"time_slice: start {self.time_slice[0]} is after end "
-                             f"{self.time_slice[1]}")
-        return self
-
-
-class WorkflowConfig(_Strict):
-    """config/config.yaml."""
-
-    specs: list[str] = Field(min_length=1, description="Data specs to run (data_specs/NAME.yaml).")
-    spec_dir: str = "data_specs"
-    results: str = "results"
-    models: dict[str, ModelEntry] = Field(min_length=1)
-    sample: WorkflowSampleSettings = WorkflowSampleSettings()
-    report: ReportSettings = ReportSettings()
-    resources: Resources = Resources()
-    external: list[ExternalObservations] = Field(
-        [], description="Observations from files training never saw, sampled by every model."
-    )
-
-
-# --------------------------------------------------------------------------- loading
-
-
-def _format_errors(path: Path | str, err: ValidationError) -> str:
-    lines = []
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-")) or "(top)"
-        lines.append(f"{path}: {loc}: {e['msg']}")
-    return "\n".join(lines)
-
-
-def read_yaml(path: str | Path, loader: type[yaml.SafeLoader] = yaml.SafeLoader) -> Any:
-    path = Path(path)
-    if not path.exists():
-        raise SpecError(f"{path}: file does not exist")
-    try:
-        return yaml.load(path.read_text(), Loader=loader)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{path}: not valid YAML ({exc.__class__.__name__})") from exc
-
-
-def validate(model: type[BaseModel], data: Any, origin: str | Path) -> Any:
-    """Validate ``data`` against ``model``; errors name ``origin`` and every key path."""
-    try:
-        return model.model_validate(data if data is not None else {})
-    except ValidationError as err:
-        raise SpecError(_format_errors(origin, err)) from None
-
-
 class _SpecLoader(yaml.SafeLoader):
     """Safe YAML that keeps dates as text: model calendars have dates Python lacks (360_day)."""
 
@@ -611,21 +402,3 @@ def load_spec(path: str | Path) -> DataSpec:
     return validate(DataSpec, read_yaml(path, loader=_SpecLoader), path)
 
 
-def load_workflow_config(path: str | Path) -> WorkflowConfig:
-    return validate(WorkflowConfig, read_yaml(path), path)
-
-
-SCHEMAS: dict[str, type[BaseModel]] = {
-    "data_spec.schema.json": DataSpec,
-    "config.schema.json": WorkflowConfig,
-}
-
-
-def json_schemas() -> dict[str, str]:
-    """The JSON schemas (draft 2020-12) of the spec and config files, as file texts."""
-    texts = {}
-    for name, model in SCHEMAS.items():
-        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
-        schema.update(model.model_json_schema())
-        texts[name] = json.dumps(schema, indent=2) + "\n"
-    return texts

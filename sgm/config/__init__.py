@@ -1,0 +1,74 @@
+"""Validated settings: data specs and the workflow's model, training and sampling settings.
+
+pydantic is the single source of truth: the JSON schemas in ``workflow/schemas/`` are exported
+from these models (``sgm export-schemas``) and a test keeps them in sync. Every error names the
+file and the key path.
+"""
+
+from __future__ import annotations
+
+import json
+
+from pydantic import BaseModel
+
+from sgm.config.base import SpecError, StrictModel, read_yaml, validate
+from sgm.config.spec import (
+    SPLITS,
+    DataSpec,
+    DateRange,
+    FieldRef,
+    GaussianFieldSource,
+    Source,
+    Splits,
+    StaticField,
+    Variable,
+    load_spec,
+)
+from sgm.config.workflow import (
+    ModelEntry,
+    ModelSettings,
+    SampleSettings,
+    TrainSettings,
+    WorkflowConfig,
+    load_workflow_config,
+)
+
+__all__ = [
+    "DataSpec",
+    "DateRange",
+    "FieldRef",
+    "GaussianFieldSource",
+    "ModelEntry",
+    "ModelSettings",
+    "SCHEMAS",
+    "SPLITS",
+    "SampleSettings",
+    "Source",
+    "SpecError",
+    "Splits",
+    "StaticField",
+    "StrictModel",
+    "TrainSettings",
+    "Variable",
+    "WorkflowConfig",
+    "json_schemas",
+    "load_spec",
+    "load_workflow_config",
+    "read_yaml",
+    "validate",
+]
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "data_spec.schema.json": DataSpec,
+    "config.schema.json": WorkflowConfig,
+}
+
+
+def json_schemas() -> dict[str, str]:
+    """The JSON schemas (draft 2020-12) of the spec and config files, as file texts."""
+    texts = {}
+    for name, model in SCHEMAS.items():
+        schema = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
+        schema.update(model.model_json_schema())
+        texts[name] = json.dumps(schema, indent=2) + "\n"
+    return texts
