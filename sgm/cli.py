@@ -65,7 +65,7 @@ def _sample(a: argparse.Namespace) -> None:
 
 
 def _gather(a: argparse.Namespace) -> None:
-    from sgm.stages.sample import gather_shards
+    from sgm.stages.gather import gather_shards
 
     gather_shards(a.shards, a.out)
 

@@ -21,9 +21,10 @@ from sgm.stages.conditioning import (
     residual_scale,
     training_pairs,
 )
+from sgm.stages.gather import gather_shards
 from sgm.stages.ingest import ingest
 from sgm.stages.observe import observe
-from sgm.stages.sample import gather_shards, sample_stage, shard_times
+from sgm.stages.sample import sample_stage, shard_times
 from sgm.stages.train import train_stage
 
 SPEC = {

@@ -157,14 +157,3 @@ def sample_stage(
         "sgm_obs_operator": json.dumps(json_attr(obs, "sgm_operator")),
     }
     return write_store(ds, out, attrs=attrs)
-
-
-def gather_shards(shard_paths: list[str | Path], out: str | Path) -> Path:
-    """Concatenate posterior shards along time into one store (same attributes)."""
-    parts = [open_store(p) for p in shard_paths]
-    ds = xr.concat(parts, dim="time").sortby("obs_index")
-    if len(np.unique(ds.obs_index.values)) != ds.sizes["time"]:
-        raise ValueError("posterior shards overlap in time")
-    attrs = {k: v for k, v in parts[0].attrs.items() if k not in ("sgm_complete", "sgm_shard")}
-    ds.attrs = {}
-    return write_store(ds.load(), out, attrs={**attrs, "sgm_shard": json.dumps([0, 1])})
