@@ -18,7 +18,12 @@ from sgm.stages.conditioning import (
     ResidualTarget,
     Standardiser,
     conditioning,
+    noisy_observation,
+    pack_paired,
+    paired_observations,
     residual_scale,
+    simulated_observations,
+    static_channels,
     training_pairs,
 )
 from sgm.stages.gather import gather_shards
@@ -76,10 +81,10 @@ def test_training_pairs_observe_with_fresh_noise() -> None:
     x0 = torch.randn(5, 1, 4, 4)
     exact = conditioning(op, op.apply(x0), static)
     assert exact.shape == (5, 2, 4, 4) and torch.all(exact[:, 1] == 7.0)
-    target, cond = training_pairs(op, torch.tensor([0.0]), static, None)(
-        x0, torch.Generator().manual_seed(0))
+    observer = simulated_observations(op, torch.tensor([0.0]))
+    target, cond = training_pairs(op, observer, static, None)(x0, torch.Generator().manual_seed(0))
     assert torch.equal(target, x0) and torch.allclose(cond, exact)
-    noisy = training_pairs(op, torch.tensor([0.5]), static, None)
+    noisy = training_pairs(op, simulated_observations(op, torch.tensor([0.5])), static, None)
     (_, a), (_, b) = (noisy(x0, torch.Generator().manual_seed(s)) for s in (0, 1))
     assert not torch.allclose(a, b)
     resid = (a[:, 0] - exact[:, 0]).std()
@@ -90,13 +95,14 @@ def test_residual_target_round_trip_and_scale() -> None:
     op = build_operator({"kind": "coarsen", "factor": 4}, (8, 8))
     z = torch.randn(200, 1, 8, 8)
     noise = torch.tensor([0.1])
-    scale = residual_scale(op, z, noise)
+    y = noisy_observation(op, z, noise, torch.Generator().manual_seed(0))
+    scale = residual_scale(op, z, y)
     # white noise: the bicubic baseline of block means explains little, the residual std is ~1
     assert 0.85 < float(scale) < 1.05
     smooth = z.mean(dim=(2, 3), keepdim=True).expand(-1, -1, 8, 8).contiguous()
-    assert float(residual_scale(op, smooth, torch.tensor([0.0]))) < 1e-4 + 1e-6
+    assert float(residual_scale(op, smooth, op.apply(smooth))) < 1e-4 + 1e-6
     target = ResidualTarget(op, scale)
-    make_pair = training_pairs(op, noise, None, target)
+    make_pair = training_pairs(op, simulated_observations(op, noise), None, target)
     r, cond = make_pair(z[:4], torch.Generator().manual_seed(2))
     y = cond[:, :1, ::4, ::4]  # nearest-upsampled observation → the coarse values
     assert torch.allclose(target.inverse(r, y), z[:4], atol=1e-5)
@@ -151,3 +157,63 @@ def test_cli_reports_bad_spec_in_one_line(tmp_path: Path, capsys: pytest.Capture
     err = capsys.readouterr().err
     assert "bad.yaml: operator.coarsen.factor" in err
     assert not (tmp_path / "f.zarr").exists()
+
+
+def test_paired_batches_carry_their_own_observations() -> None:
+    op = build_operator({"kind": "coarsen", "factor": 2}, (4, 6))
+    z, y = torch.randn(3, 2, 4, 6), torch.randn(3, 2, 2, 3)
+    data = pack_paired(op, z, y)
+    assert data.shape == (3, 4, 4, 6)
+    z_back, y_back = paired_observations(op, 2)(data, torch.Generator())
+    assert torch.equal(z_back, z) and torch.allclose(y_back, y, atol=1e-6)
+
+
+def test_static_channels_climatology_then_covariates() -> None:
+    rng = np.random.default_rng(0)
+    fields = xr.Dataset(
+        {"tas": (("time", "lat", "lon"), rng.normal(280, 5, (6, 2, 3)).astype("f4")),
+         "static_orog": (("lat", "lon"), np.arange(6.0).reshape(2, 3))},
+        coords={"split": ("time", ["train"] * 4 + ["test"] * 2)},
+        attrs={"sgm_static": json.dumps(["orog"]), "sgm_normalisation": json.dumps(
+            {"tas": {"mean": 280.0, "std": 5.0}, "static_orog": {"mean": 2.5, "std": 2.0}})},
+    )
+    st = Standardiser(("tas",), (280.0,), (5.0,))
+    both = static_channels(fields, st, climatology=True)
+    assert both.shape == (2, 2, 3)
+    clim = (fields.tas.values[:4].mean(axis=0) - 280) / 5
+    np.testing.assert_allclose(both[0].numpy(), clim, rtol=1e-5)
+    np.testing.assert_allclose(both[1].numpy(), (np.arange(6.0).reshape(2, 3) - 2.5) / 2)
+    assert static_channels(fields, st, climatology=False).shape == (1, 2, 3)
+
+
+def test_paired_source_feeds_observe_and_train(tmp_path: Path) -> None:
+    """Real downscaling pairs: obs.zarr holds the paired coarse fields, not simulated ones."""
+    import cftime
+
+    rng = np.random.default_rng(1)
+    times = cftime.num2date(np.arange(20) * 360, "days since 2000-01-01", calendar="360_day")
+    lat, lon = np.arange(4.0), np.arange(8.0)
+    fine = rng.normal(280, 3, (20, 4, 8)).astype("f4")
+    coarse = fine.reshape(20, 2, 2, 4, 2).mean(axis=(2, 4)) + 0.7  # a biased coarse model
+    attrs = {"units": "K", "standard_name": "air_temperature"}
+    xr.Dataset({"tas": (("time", "lat", "lon"), fine, attrs)},
+               coords={"time": times, "lat": lat, "lon": lon}).to_netcdf(tmp_path / "fine.nc")
+    xr.Dataset({"tas": (("time", "lat", "lon"), coarse, attrs)},
+               coords={"time": times, "lat": lat.reshape(2, 2).mean(1),
+                       "lon": lon.reshape(4, 2).mean(1)}).to_netcdf(tmp_path / "coarse.nc")
+    spec = {"name": "paired", "source": {"paths": ["fine.nc"]},
+            "variables": [{"name": "tas", "source_name": "tas", "units": "K"}],
+            "paired": {"source": {"paths": ["coarse.nc"]}},
+            "splits": {"train": 14, "val": 3, "test": 3},
+            "operator": {"kind": "coarsen", "factor": 2, "noise_std": 0.1}}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    ingest(tmp_path / "spec.yaml", tmp_path / "fields.zarr")
+    observe(tmp_path / "spec.yaml", tmp_path / "fields.zarr", tmp_path / "obs.zarr")
+    obs = open_store(tmp_path / "obs.zarr")
+    np.testing.assert_allclose(obs.tas.values, coarse[14:], rtol=0, atol=1e-4)
+    assert obs.attrs["sgm_observations"] == "paired"
+    train_stage(tmp_path / "spec.yaml", tmp_path / "fields.zarr", tmp_path / "model.pt", MODEL,
+                progress=False)
+    sample_stage(tmp_path / "model.pt", tmp_path / "obs.zarr", tmp_path / "post.zarr",
+                 {"members": 2, "steps": 2}, progress=False)
+    assert open_store(tmp_path / "post.zarr").tas.shape == (3, 2, 4, 8)

@@ -8,6 +8,7 @@ climatology). Both stages build them here so that they cannot drift apart.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,11 +68,29 @@ def stack_variables(ds: xr.Dataset, variables: list[str] | tuple[str, ...]) -> T
     return torch.from_numpy(np.stack([ds[v].values for v in variables], axis=1).astype(np.float32))
 
 
-def climatology_channels(fields: xr.Dataset, standardiser: Standardiser) -> Tensor:
-    """Training-split per-pixel mean of each variable, standardised: [C, H, W]."""
-    train = fields.isel(time=np.flatnonzero((fields.split == "train").values))
-    clim = stack_variables(train, standardiser.variables).mean(dim=0, keepdim=True)
-    return standardiser.forward(clim)[0]
+def static_channels(fields: xr.Dataset, standardiser: Standardiser, climatology: bool) -> Tensor:
+    """Static conditioning channels [S, H, W], standardised.
+
+    The training split's per-pixel mean of each target variable (when ``climatology``), then
+    the spec's static covariates (``static_<name>`` in fields.zarr, e.g. orography), each
+    standardised with its own statistics from ``sgm_normalisation``.
+    """
+    channels = []
+    if climatology:
+        train = fields.isel(time=np.flatnonzero((fields.split == "train").values))
+        clim = stack_variables(train, standardiser.variables).mean(dim=0, keepdim=True)
+        channels.append(standardiser.forward(clim)[0])
+    names = json.loads(fields.attrs.get("sgm_static", "[]"))
+    if names:
+        stats = json.loads(fields.attrs["sgm_normalisation"])
+        covariates = Standardiser.from_dict(stats, [f"static_{n}" for n in names])
+        values = torch.from_numpy(
+            np.stack([fields[v].values for v in covariates.variables]).astype(np.float32)
+        )
+        channels.append(covariates.forward(values[None])[0])
+    if not channels:
+        return torch.zeros(0, fields.sizes["lat"], fields.sizes["lon"])
+    return torch.cat(channels, dim=0)
 
 
 def conditioning(op: ObservationOperator, y: Tensor, static: Tensor | None) -> Tensor:
@@ -116,36 +135,59 @@ class ResidualTarget:
         return self.op.baseline(y) + r * self._scale(r)
 
 
-def observe(op: ObservationOperator, z: Tensor, noise_std: Tensor, generator: torch.Generator
-            ) -> Tensor:
+def noisy_observation(
+    op: ObservationOperator, z: Tensor, noise_std: Tensor, generator: torch.Generator
+) -> Tensor:
     """y = A(z) + η·ε with ε drawn from ``generator``; ``noise_std`` [C] in standardised units."""
     clean = op.apply(z)
     eps = torch.randn(clean.shape, generator=generator, device=z.device, dtype=z.dtype)
     return clean + noise_std.to(z).view(1, -1, *([1] * (clean.ndim - 2))) * eps
 
 
-def residual_scale(op: ObservationOperator, z: Tensor, noise_std: Tensor, seed: int = 0
-                   ) -> Tensor:
-    """Per-variable std of z − b(y) over standardised training fields z [N, C, H, W]: [C]."""
-    y = observe(op, z, noise_std, torch.Generator(device=z.device).manual_seed(seed))
+def residual_scale(op: ObservationOperator, z: Tensor, y: Tensor) -> Tensor:
+    """Per-variable std of z − b(y) over standardised training pairs: [C].
+
+    Args:
+        z: fields [N, C, H, W]; y: their observations [N, C, *obs].
+    """
     resid = z - op.baseline(y)
     return resid.transpose(0, 1).reshape(z.shape[1], -1).std(dim=1).clamp_min(1e-6)
 
 
+Observer = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]
+"""``observer(batch, generator) -> (z, y)``: a training batch's fields and observations."""
+
+
+def simulated_observations(op: ObservationOperator, noise_std: Tensor) -> Observer:
+    """The batch holds fields z; y = A(z) + η·ε with fresh noise from the generator."""
+    return lambda z, generator: (z, noisy_observation(op, z, noise_std, generator))
+
+
+def paired_observations(op: ObservationOperator, channels: int) -> Observer:
+    """The batch holds [z, ŷ] along channels, ŷ the paired coarse fields on the target grid
+    (``op.to_grid``, block-replicated); y = A(ŷ) recovers the coarse values exactly."""
+    return lambda batch, generator: (batch[:, :channels], op.apply(batch[:, channels:]))
+
+
+def pack_paired(op: ObservationOperator, z: Tensor, y: Tensor) -> Tensor:
+    """Training data for :func:`paired_observations`: [N, 2C, H, W] from z and paired y."""
+    return torch.cat([z, op.to_grid(y)[:, :, 0]], dim=1)
+
+
 def training_pairs(
     op: ObservationOperator,
-    noise_std: Tensor,
+    observer: Observer,
     static: Tensor | None,
     target: ResidualTarget | None,
 ) -> Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor]]:
-    """``make_pair(z, generator)``: observe a clean standardised batch with fresh noise.
+    """``make_pair(batch, generator)``: the denoiser's target and conditioning for a batch.
 
-    Returns the denoiser's target (z itself, or its residual when ``target`` is given) and the
-    conditioning channels of :func:`conditioning`.
+    The target is z itself, or its residual when ``target`` is given; the conditioning is
+    that of :func:`conditioning`.
     """
 
-    def make_pair(z: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        y = observe(op, z, noise_std, generator)
+    def make_pair(batch: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        z, y = observer(batch, generator)
         cond = conditioning(op, y, static)
         return (z if target is None else target.forward(z, y)), cond
 

@@ -37,26 +37,40 @@ def observation_coords(op: ObservationOperator, fields: xr.Dataset) -> dict:
     return coords
 
 
+def paired_path(fields_path: str | Path) -> Path:
+    """Where ingest writes a spec's paired low-resolution fields: beside ``fields.zarr``."""
+    return Path(fields_path).with_name("paired.zarr")
+
+
 def observe(spec_path: str | Path, fields_path: str | Path, out: str | Path) -> Path:
-    """Draw the observations of the val and test splits and write them atomically."""
+    """Write the observations of the val and test splits atomically.
+
+    They are drawn as y = A(x) + η·ε with a fixed seed, or, for a spec with a paired
+    low-resolution source, taken from that source (real coarse fields, no added noise; the
+    spec's ``noise_std`` then states the assumed mismatch, used by re-observation checks).
+    """
     spec = load_spec(spec_path)
     fields = open_store(fields_path)
     op = build_operator(spec.operator_dict(), grid_of(fields))
-    keep = fields.split.isin(["val", "test"]).values
-    subset = fields.isel(time=np.flatnonzero(keep))
+    keep = np.flatnonzero(fields.split.isin(["val", "test"]).values)
+    subset = fields.isel(time=keep)
+    paired = open_store(paired_path(fields_path)).isel(time=keep) if spec.paired else None
     generator = torch.Generator().manual_seed(spec.observation_seed)
     data = {}
     for var in spec.variables:
-        x = torch.as_tensor(subset[var.name].values, dtype=torch.float64)
-        clean = op.apply(x)
-        noise = torch.randn(clean.shape, generator=generator, dtype=torch.float64)
-        y = (clean + spec.operator.noise_std * noise).to(torch.float32).numpy()
+        if paired is not None:
+            y = paired[var.name].values.astype(np.float32)
+        else:
+            x = torch.as_tensor(subset[var.name].values, dtype=torch.float64)
+            clean = op.apply(x)
+            noise = torch.randn(clean.shape, generator=generator, dtype=torch.float64)
+            y = (clean + spec.operator.noise_std * noise).to(torch.float32).numpy()
         data[var.name] = (("time", *op.obs_dims), y, dict(subset[var.name].attrs))
     coords = {"time": subset.time.values, "split": ("time", subset.split.values.astype(object))}
     coords.update(observation_coords(op, subset))
     ds = xr.Dataset(data, coords=coords)
-    log.info("observe %s: %s on %d times, noise std %s", spec.name, op, ds.sizes["time"],
-             spec.operator.noise_std)
+    source = "the paired source" if paired is not None else f"noise std {spec.operator.noise_std}"
+    log.info("observe %s: %s on %d times, %s", spec.name, op, ds.sizes["time"], source)
     return write_store(
         ds,
         out,
@@ -65,5 +79,6 @@ def observe(spec_path: str | Path, fields_path: str | Path, out: str | Path) -> 
             "sgm_operator": op.to_dict(),
             "sgm_noise_std": {v.name: spec.operator.noise_std for v in spec.variables},
             "sgm_seed": spec.observation_seed,
+            "sgm_observations": "paired" if paired is not None else "simulated",
         },
     )

@@ -23,13 +23,17 @@ from sgm.io.stores import json_attr, open_store
 from sgm.stages.conditioning import (
     ResidualTarget,
     Standardiser,
-    climatology_channels,
+    noisy_observation,
+    pack_paired,
+    paired_observations,
     residual_scale,
+    simulated_observations,
     stack_variables,
+    static_channels,
     training_pairs,
 )
 from sgm.stages.modelfile import new_precond, write_model
-from sgm.stages.observe import grid_of
+from sgm.stages.observe import grid_of, paired_path
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +54,33 @@ def train_stage(
     variables = [v.name for v in spec.variables]
     stats = Standardiser.from_dict(json_attr(fields, "sgm_normalisation"), variables)
     op = build_operator(spec.operator_dict(), grid_of(fields))
-    train_ds = fields.isel(time=np.flatnonzero((fields.split == "train").values))
-    data = stats.forward(stack_variables(train_ds, variables))
-    static = (
-        climatology_channels(fields, stats)
-        if spec.conditioning.climatology
-        else torch.zeros(0, *grid_of(fields))
-    )
+    train_index = np.flatnonzero((fields.split == "train").values)
+    z = stats.forward(stack_variables(fields.isel(time=train_index), variables))
+    static = static_channels(fields, stats, spec.conditioning.climatology)
     noise_std = {v: spec.operator.noise_std for v in variables}
+    channels = len(variables)
+    if spec.paired is not None:  # real coarse fields, aligned in time with the targets
+        paired = open_store(paired_path(fields_path)).isel(time=train_index)
+        y = stats.forward(stack_variables(paired, variables))
+        observer = paired_observations(op, channels)
+        data = pack_paired(op, z, y)
+    else:
+        generator = torch.Generator().manual_seed(entry.train.seed)
+        y = noisy_observation(op, z, stats.noise(noise_std), generator)
+        observer = simulated_observations(op, stats.noise(noise_std))
+        data = z
     target = None
     if entry.model.target == "residual":
-        scale = residual_scale(op, data, stats.noise(noise_std), seed=entry.train.seed)
-        target = ResidualTarget(op, scale)
+        target = ResidualTarget(op, residual_scale(op, z, y))
         log.info("target: residual from the %s baseline, std %s (standardised units)",
-                 op.name, [round(float(v), 4) for v in scale])
-    make_pair = training_pairs(op, stats.noise(noise_std), static, target)
+                 op.name, [round(float(v), 4) for v in target.scale])
+    make_pair = training_pairs(op, observer, static, target)
 
     channels = len(variables)
     in_channels = channels + channels * op.cond_channels + static.shape[0]
     precond = new_precond(entry.model, in_channels, channels)
     log.info("train %s: %d fields of %s, %s, %d parameters, %d steps at batch %d",
-             spec.name, data.shape[0], tuple(data.shape[1:]), op, count_parameters(precond),
+             spec.name, z.shape[0], tuple(z.shape[1:]), op, count_parameters(precond),
              entry.train.steps, entry.train.batch_size)
 
     workdir = Path(workdir) if workdir is not None else out.parent / "train_state"
