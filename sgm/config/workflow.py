@@ -28,6 +28,10 @@ class ModelSettings(StrictModel):
 
     preset: Literal["tiny", "small", "base"] = "tiny"
     base_channels: int | None = Field(None, ge=4, description="Override the preset's width.")
+    dropout: float = Field(
+        0.0, ge=0, lt=1, description="Dropout in the residual blocks (against memorising a"
+        " small training set)."
+    )
     sigma_data: float = Field(1.0, gt=0, description="EDM sigma_data (data are standardised).")
     target: Literal["residual", "field"] = Field(
         "residual",

@@ -28,7 +28,7 @@ FORMAT = "sgm-model-1"
 
 def new_precond(settings: ModelSettings, in_channels: int, out_channels: int) -> EDMPrecond:
     """An untrained EDM-preconditioned U-Net of the configured size."""
-    overrides = {}
+    overrides: dict = {"dropout": settings.dropout}
     if settings.base_channels is not None:
         overrides["base_channels"] = settings.base_channels
     net = build_unet(settings.preset, in_channels, out_channels, **overrides)
