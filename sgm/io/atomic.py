@@ -26,6 +26,12 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool = False) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then move it into place.
 
@@ -41,6 +47,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], durable: bool 
     tmp = Path(name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; honour the umask instead
         if durable:
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
