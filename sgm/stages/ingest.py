@@ -13,6 +13,7 @@ thread-safe, so every computation runs on dask's synchronous scheduler.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import cftime
 import dask
 import numpy as np
 import xarray as xr
+from dask.diagnostics import ProgressBar
 
 from sgm.config import SPLITS, DataSpec, GaussianFieldSource, StaticField, Variable, load_spec
 from sgm.io.grid import crop_to_factor, same_grid, select_region
@@ -268,7 +270,8 @@ def ingest(
 
     spec_path, out = Path(spec_path), Path(out)
     spec = load_spec(spec_path)
-    with bounded_reading():
+    # The progress bar shows on stderr (the rule's log) when a pass over the data takes > 2 s.
+    with bounded_reading(), ProgressBar(minimum=2.0, out=sys.stderr):
         ds = build_fields(spec, spec_dir=spec_path.parent)
         paired = build_paired(spec, spec_path.parent, ds) if spec.paired is not None else None
         counts = {s: int((ds.split == s).sum()) for s in SPLITS}
