@@ -26,6 +26,8 @@ import numpy as np
 import scoringrules as sr
 from scipy.stats import norm
 
+from sgm.core.gaussian import expected_crps_gaussian
+
 
 def _check(ens: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ens = np.asarray(ens, dtype=np.float64)
@@ -270,7 +272,7 @@ def oracle_metrics(
     z = norm.ppf(0.5 + level / 2)
     inside = np.abs(ens - exact_mean) <= z * std
     crps_ens = float(crps_fair(ens, truth).mean())
-    crps_exact = float(np.mean(std) / math.sqrt(math.pi))
+    crps_exact = float(expected_crps_gaussian(np.mean(std)))
     return {
         "mean_error_over_std": float(mean_err),
         "std_ratio_mean": float(ratio.mean()),
