@@ -65,9 +65,9 @@ def train_stage(
         observer = paired_observations(op, channels)
         data = pack_paired(op, z, y)
     else:
-        generator = torch.Generator().manual_seed(entry.train.seed)
-        y = noisy_observation(op, z, stats.noise(noise_std), generator)
-        observer = simulated_observations(op, stats.noise(noise_std))
+        eta = stats.noise(noise_std)
+        y = noisy_observation(op, z, eta, torch.Generator().manual_seed(entry.train.seed))
+        observer = simulated_observations(op, eta)
         data = z
     target = None
     if entry.model.target == "residual":
@@ -76,7 +76,6 @@ def train_stage(
                  op.name, [round(float(v), 4) for v in target.scale])
     make_pair = training_pairs(op, observer, static, target)
 
-    channels = len(variables)
     in_channels = channels + channels * op.cond_channels + static.shape[0]
     precond = new_precond(entry.model, in_channels, channels)
     log.info("train %s: %d fields of %s, %s, %d parameters, %d steps at batch %d",
