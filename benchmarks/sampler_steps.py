@@ -59,7 +59,7 @@ def main() -> None:
     cfg = {"kind": "coarsen", "factor": 4}
     if args.operator == "sparse":
         cfg = {"kind": "sparse", "fraction": 0.1, "seed": 0}
-    op = build_operator(cfg, grid)
+    op = build_operator(cfg, np.arange(args.grid), np.arange(args.grid))
     rng = np.random.default_rng(0)
     a = op.matrix()
     y = a @ prior.sample(1, rng).reshape(-1) + args.noise_std * rng.standard_normal(a.shape[0])

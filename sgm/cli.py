@@ -1,7 +1,9 @@
 """The ``sgm`` command: one sub-command per stage (also ``python -m sgm``).
 
-Each Snakemake rule calls one of these and redirects its output to the rule's log, so an analyst
-can rerun any stage by hand with the same arguments. Bad input ends with one line on stderr
+Each sub-command runs the stage of the same name in ``sgm.stages`` (``coarsen-file`` is
+``sgm.stages.coarsen_file``; a test keeps the two lists equal). Each Snakemake rule calls one of
+these and redirects its output to the rule's log, so an analyst can rerun any stage by hand with
+the same arguments. Bad input ends with one line on stderr
 naming the file, the variable and the problem, and exit status 1.
 """
 
@@ -12,7 +14,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from sgm import __version__
 
@@ -53,7 +54,8 @@ def _train(a: argparse.Namespace) -> None:
     from sgm.stages.train import train_stage
 
     _set_threads(a.threads)
-    train_stage(a.spec, a.fields, a.out, a.settings, workdir=a.workdir, progress=not a.no_progress)
+    train_stage(a.spec, a.fields, a.obs, a.out, a.settings, workdir=a.workdir,
+                progress=not a.no_progress)
 
 
 def _sample(a: argparse.Namespace) -> None:
@@ -84,14 +86,14 @@ def _report(a: argparse.Namespace) -> None:
 
 
 def _coarsen_file(a: argparse.Namespace) -> None:
-    from sgm.stages.external import coarsen_file
+    from sgm.stages.coarsen_file import coarsen_file
 
     coarsen_file(a.spec, a.source, a.variable, a.out, time_slice=a.time_slice,
                  fields_path=a.fields)
 
 
 def _observe_external(a: argparse.Namespace) -> None:
-    from sgm.stages.external import observe_external
+    from sgm.stages.observe_external import observe_external
 
     observe_external(a.obs, a.file, a.variables, a.out, time_slice=a.time_slice)
 
@@ -104,21 +106,15 @@ def _report_external(a: argparse.Namespace) -> None:
 
 
 def _validate_spec(a: argparse.Namespace) -> None:
-    from sgm.config import load_spec
+    from sgm.stages.validate_spec import validate_specs
 
-    for path in a.files:
-        spec = load_spec(path)
-        print(f"{path}: ok ({spec.name})")
+    validate_specs(a.files)
 
 
 def _export_schemas(a: argparse.Namespace) -> None:
-    from sgm.config import json_schemas
+    from sgm.stages.export_schemas import export_schemas
 
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name, schema in json_schemas().items():
-        (out / name).write_text(schema)
-        print(out / name)
+    export_schemas(a.out)
 
 
 def _required(sp: argparse.ArgumentParser, *names: str) -> None:
@@ -156,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("train", _train, "train the conditional score model → model.pt")
     sp.add_argument("--spec", required=True)
     sp.add_argument("--fields", required=True)
+    sp.add_argument("--obs", required=True, help="obs.zarr: the observation model to train for")
     sp.add_argument("--out", required=True)
     sp.add_argument("--settings", type=_json, default={}, help="JSON: {model: {...}, train: {...}}")
     sp.add_argument("--workdir", default=None, help="checkpoints, loss.csv (default: beside out)")

@@ -196,9 +196,14 @@ CASES: list[tuple[str, Callable[[Path], Path], str]] = [
     ("missing static covariate", lambda d: good(d, static=[
         {"name": "orog", "source": {"paths": ["orog.nc"]}}]),
      r"orog\.nc: variable 'orog': file does not exist$"),
-    ("station outside the grid", lambda d: good(d, operator={
+    ("point outside the grid", lambda d: good(d, operator={
         "kind": "sparse", "points": [[1, 1], [9, 0]]}),
-     r"f\.nc: variable 'tas': operator\.points \[9, 0\] lies outside the 4x4 grid$"),
+     r"f\.nc: variable 'tas': operator: sparse point \[9, 0\] lies outside the 4x4 grid$"),
+    ("station outside the grid", lambda d: good(d, operator={
+        "kind": "stations", "stations": [{"id": "ok", "lat": 41, "lon": 1},
+                                         {"id": "Reykjavik", "lat": 64.1, "lon": -21.9}]}),
+     r"f\.nc: variable 'tas': operator: station 'Reykjavik' at lat 64\.1, lon -21\.9 lies "
+     r"outside the grid \(lat .* to .*, lon .* to .*\)$"),
 ]
 
 

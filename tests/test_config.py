@@ -12,7 +12,7 @@ import yaml
 
 from sgm.cli import main
 from sgm.config import DataSpec, SpecError, Splits, json_schemas, load_spec
-from sgm.core.operators import build_operator
+from sgm.core.observation import ObservationModel
 from sgm.io import units
 from sgm.io.grid import _lon_bounds, wrap_longitudes
 
@@ -136,14 +136,17 @@ def test_counts_and_fractions() -> None:
     ({"kind": "sparse", "points": [[0, 0], [5, 7], [11, 15]]}, 3),
     ({"kind": "blur", "sigma_pixels": 1.5, "boundary": "reflect"}, 192),
 ])
-def test_operator_dict_builds_the_operator(operator: dict, n_obs: int) -> None:
+def test_spec_observation_builds_the_observation_model(operator: dict, n_obs: int) -> None:
     spec = DataSpec.model_validate({**MINIMAL, "operator": {**operator, "noise_std": 0.1}})
-    cfg = spec.operator_dict()
+    description = spec.observation()
+    cfg = description["operator"]
     assert "noise_std" not in cfg and None not in cfg.values()
-    op = build_operator(cfg, (12, 16))
-    assert int(np.prod(op.obs_shape((12, 16)))) == n_obs
+    assert description["noise_std"] == {v.name: 0.1 for v in spec.variables}
+    grid = {"lat": list(range(12)), "lon": list(range(16))}
+    obs = ObservationModel.from_dict({**description, "grid": grid})
+    assert int(np.prod(obs.obs_shape)) == n_obs
     if "points" in operator:
-        assert op.points == [(0, 0), (5, 7), (11, 15)]
+        assert obs.operator.points == [(0, 0), (5, 7), (11, 15)]
 
 
 def test_units_conversions() -> None:

@@ -23,7 +23,9 @@ DDP_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from sgm.core.network import build_unet
     from sgm.core.precond import EDMPrecond
-    from sgm.core.training import TrainSettings, train
+    from sgm.config import TrainSettings
+    from sgm.core.training import train
+    from sgm.io.losslog import run_files
     from sgm.io.checkpoint import save_model
 
     def make_pair(x0, g):  # 2x2 block means + fresh noise, drawn for the global batch
@@ -36,7 +38,8 @@ DDP_SCRIPT = textwrap.dedent(
         precond = EDMPrecond(build_unet("tiny", 2, 1, base_channels=8))
         settings = TrainSettings(steps=16, batch_size=8, lr=2e-3, lr_warmup_steps=4,
                                  log_every=2, checkpoint_every=8, ema_beta=0.9, seed=7)
-        result = train(precond, data, make_pair, settings, Path(workdir), progress=False)
+        result = train(precond, data, make_pair, settings,
+                       *run_files(Path(workdir)), progress=False)
         if result is not None:
             save_model(Path(workdir) / "ema.pt", {k: v for k, v in
                                                   result.ema.state_dict().items()})

@@ -15,7 +15,7 @@ import xarray as xr
 import zarr
 
 from sgm.core.gaussian import GaussianRandomField, exact_posterior
-from sgm.core.operators import build_operator
+from sgm.core.observation import ObservationModel
 from sgm.io.stores import IncompleteStoreError, write_store
 from sgm.stages.evaluate import evaluate
 from sgm.stages.report import report
@@ -66,17 +66,15 @@ def make_stores(
         },
         coords={"time": times, "lat": lat, "lon": lon, "split": ("time", split)},
     )
-    op = build_operator(op_cfg, (H, W))
+    obs_model = ObservationModel.from_dict({
+        "operator": op_cfg, "variables": ["tas"], "noise_std": {"tas": ETA},
+        "grid": {"lat": lat.tolist(), "lon": lon.tolist()}})
+    op = obs_model.operator
     later = slice(n_train, n)
     clean = op.apply(torch.as_tensor(truth[later], dtype=torch.float64)).numpy()
     y = (clean + ETA * rng.standard_normal(clean.shape)).astype(np.float32)
-    lat2d, lon2d = np.meshgrid(lat, lon, indexing="ij")
-    obs_coords: dict = {"time": times[later], "split": ("time", split[later])}
-    for name, grid in (("obs_lat", lat2d), ("obs_lon", lon2d)):
-        obs_coords[name] = (op.obs_dims, op.apply(torch.as_tensor(grid)).numpy())
-    if op.obs_dims == ("lat_c", "lon_c"):
-        obs_coords["lat_c"] = obs_coords["obs_lat"][1][:, 0]
-        obs_coords["lon_c"] = obs_coords["obs_lon"][1][0, :]
+    obs_coords: dict = {"time": times[later], "split": ("time", split[later]),
+                        **obs_model.coords()}
     obs = xr.Dataset({"tas": (("time", *op.obs_dims), y, {"units": units})}, coords=obs_coords)
 
     test = slice(n_train + n_val, n)
@@ -102,7 +100,7 @@ def make_stores(
     write_store(
         obs,
         paths["obs"],
-        attrs={"sgm_operator": op.to_dict(), "sgm_noise_std": {"tas": ETA}, "sgm_seed": 7},
+        attrs={"sgm_observation": obs_model.to_dict(), "sgm_seed": 7},
     )
     write_store(
         post,

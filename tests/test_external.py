@@ -16,13 +16,16 @@ import yaml
 from sgm.cli import main
 from sgm.config import SpecError, WorkflowConfig, load_workflow_config, validate
 from sgm.core import metrics
-from sgm.core.operators import build_operator
+from sgm.core.observation import ObservationModel
+from sgm.core.operators import Coarsen
 from sgm.io.errors import SourceError
 from sgm.io.stores import json_attr, open_store
-from sgm.stages.external import coarsen_file, observe_external
+from sgm.report.external import variable_summary
+from sgm.stages.coarsen_file import coarsen_file
 from sgm.stages.ingest import ingest
 from sgm.stages.observe import observe
-from sgm.stages.report_external import report_external, variable_summary
+from sgm.stages.observe_external import observe_external
+from sgm.stages.report_external import report_external
 from sgm.stages.sample import sample_stage
 from sgm.stages.train import train_stage
 
@@ -170,14 +173,14 @@ def test_external_posterior_and_report_without_truth(
     reference: Path, coarse: Path, tmp_path: Path
 ) -> None:
     model = train_stage(reference / "spec.yaml", reference / "fields.zarr",
-                        tmp_path / "model.pt", MODEL, progress=False)
+                        reference / "obs.zarr", tmp_path / "model.pt", MODEL, progress=False)
     ext = observe_external(reference / "obs.zarr", coarse, VARIABLES, tmp_path / "ext.zarr")
     obs, ref = open_store(ext), open_store(reference / "obs.zarr")
     assert set(obs.split.values) == {"external"} and obs.tas.dims == ("time", "lat_c", "lon_c")
     np.testing.assert_array_equal(
         obs.tas.values, open_nc(coarse).air_temperature.values
     )
-    for key in ("sgm_operator", "sgm_noise_std", "sgm_spec"):
+    for key in ("sgm_observation", "sgm_spec"):
         assert json_attr(obs, key) == json_attr(ref, key)
     assert obs.attrs["sgm_source_file"] == str(coarse)
 
@@ -196,8 +199,8 @@ def test_external_posterior_and_report_without_truth(
     assert text.count("data:image/png;base64,") == len(names)
     for name in names:
         assert (html_path.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    op = build_operator(json_attr(obs, "sgm_operator"), (12, 16))
-    a_ens = op.apply(torch.as_tensor(ens)).numpy()
+    model_obs = ObservationModel.from_dict(json_attr(obs, "sgm_observation"))
+    a_ens = model_obs.operator.apply(torch.as_tensor(ens)).numpy()
     chi2 = metrics.reobs_chi2(a_ens, obs.tas.values.astype(np.float64), ETA)
     assert np.isfinite(chi2) and chi2 > 0
     assert f"<td class='num'>{chi2:.4g}</td>" in text
@@ -209,7 +212,7 @@ def test_external_posterior_and_report_without_truth(
 
 def test_reobs_chi2_is_one_for_members_consistent_with_y_and_large_otherwise() -> None:
     rng = np.random.default_rng(0)
-    op = build_operator({"kind": "coarsen", "factor": 4}, (16, 16))
+    op = Coarsen((16, 16), 4)
     truth = rng.normal(280.0, 3.0, (20, 16, 16))
     y = op.apply(torch.as_tensor(truth)).numpy() + ETA * rng.standard_normal((20, 4, 4))
 

@@ -11,10 +11,12 @@ from sgm.core.operators import (
     Coarsen,
     ObservationOperator,
     SparseMask,
+    Stations,
     build_operator,
 )
 
 GRID = (32, 24)
+LAT, LON = np.linspace(20.0, 51.0, GRID[0]), np.linspace(-130.0, -107.0, GRID[1])
 
 
 def _ramp(grid: tuple[int, int], a: float, b: float, c: float) -> torch.Tensor:
@@ -46,6 +48,8 @@ def _operators() -> list[ObservationOperator]:
         SparseMask(GRID, points=[(0, 0), (5, 7), (31, 23), (10, 2)]),
         Blur(GRID, 1.5, boundary="periodic"),
         Blur(GRID, 2.0, boundary="reflect"),
+        Stations(GRID, [{"id": "a", "lat": 20.0, "lon": -130.0}, {"id": "b", "lat": 33.3,
+                         "lon": -120.25}, {"id": "c", "lat": 51.0, "lon": -107.0}], LAT, LON),
     ]
 
 
@@ -107,7 +111,7 @@ def test_sparse_points_are_sorted_unique_and_seeded() -> None:
     assert np.all(np.diff(idx) > 0)
     assert np.array_equal(idx, SparseMask(GRID, fraction=0.1, seed=3).index.numpy())
     assert not np.array_equal(idx, SparseMask(GRID, fraction=0.1, seed=4).index.numpy())
-    assert op.obs_shape(GRID) == (77,)
+    assert op.obs_shape == (77,)
 
 
 def test_sparse_apply_to_grid_and_baseline() -> None:
@@ -144,9 +148,9 @@ def test_sparse_baseline_of_smooth_field() -> None:
 
 
 def test_sparse_rejects_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="'fraction' or 'points'"):
         SparseMask(GRID)
-    with pytest.raises(ValueError, match="inside the grid"):
+    with pytest.raises(ValueError, match=r"sparse point \[32, 0\] lies outside the 32x24 grid"):
         SparseMask(GRID, points=[(32, 0)])
     with pytest.raises(ValueError, match="fraction"):
         SparseMask(GRID, fraction=1.5)
@@ -176,7 +180,7 @@ def test_blur_preserves_constants_and_mean() -> None:
 def test_matrix_agrees_with_apply(op: ObservationOperator) -> None:
     x = torch.randn(5, *GRID, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     a = op.matrix()
-    n_obs = int(np.prod(op.obs_shape(GRID)))
+    n_obs = int(np.prod(op.obs_shape))
     assert a.shape == (n_obs, GRID[0] * GRID[1])
     y = op.apply(x).reshape(5, -1).numpy()
     np.testing.assert_allclose(x.reshape(5, -1).numpy() @ a.T, y, atol=1e-12)
@@ -188,27 +192,97 @@ def test_matrix_agrees_with_apply(op: ObservationOperator) -> None:
 def test_shapes_and_round_trip(op: ObservationOperator) -> None:
     x = torch.randn(3, 2, *GRID)
     y = op.apply(x)
-    assert y.shape == (3, 2, *op.obs_shape(GRID))
-    assert len(op.obs_dims) == len(op.obs_shape(GRID))
+    assert y.shape == (3, 2, *op.obs_shape)
+    assert len(op.obs_dims) == len(op.obs_shape)
     assert op.to_grid(y).shape == (3, 2, op.cond_channels, *GRID)
     assert op.baseline(y).shape == (3, 2, *GRID)
     cfg = op.to_dict()
-    clone = build_operator(cfg, GRID)
+    clone = build_operator(cfg, LAT, LON)
     assert type(clone) is type(op)
     assert clone.to_dict() == cfg
     np.testing.assert_array_equal(clone.matrix(), op.matrix())
 
 
 def test_build_operator_errors_name_the_problem() -> None:
-    assert isinstance(build_operator({"kind": "coarsen", "factor": 4}, GRID), Coarsen)
-    assert build_operator({"kind": "sparse", "fraction": 0.1, "seed": 0}, GRID).n_points == 77
+    assert isinstance(build_operator({"kind": "coarsen", "factor": 4}, LAT, LON), Coarsen)
+    assert build_operator({"kind": "sparse", "fraction": 0.1, "seed": 0}, LAT, LON).n_points == 77
     with pytest.raises(ValueError, match="'wavelet'"):
-        build_operator({"kind": "wavelet"}, GRID)
+        build_operator({"kind": "wavelet"}, LAT, LON)
     with pytest.raises(ValueError, match="'factr'"):
-        build_operator({"kind": "coarsen", "factr": 4}, GRID)
+        build_operator({"kind": "coarsen", "factr": 4}, LAT, LON)
     with pytest.raises(ValueError, match="'kind'"):
-        build_operator({"factor": 4}, GRID)
+        build_operator({"factor": 4}, LAT, LON)
     with pytest.raises(ValueError, match="coarsen"):
-        build_operator({"kind": "coarsen"}, GRID)  # missing factor
+        build_operator({"kind": "coarsen"}, LAT, LON)  # missing factor
     with pytest.raises(ValueError, match="not divisible"):
-        build_operator({"kind": "coarsen", "factor": 5}, GRID)
+        build_operator({"kind": "coarsen", "factor": 5}, LAT, LON)
+
+
+@pytest.mark.parametrize("op", _operators(), ids=repr)
+def test_adjoint_is_the_transpose(op: ObservationOperator) -> None:
+    """<A x, y> = <x, Aᵀ y> for random x and y, and Aᵀ agrees with the dense matrix."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, *GRID, dtype=torch.float64, generator=g)
+    y = torch.randn(4, *op.obs_shape, dtype=torch.float64, generator=g)
+    lhs = (op.apply(x) * y).flatten(1).sum(1)
+    rhs = (x * op.adjoint(y)).flatten(1).sum(1)
+    torch.testing.assert_close(lhs, rhs, rtol=1e-12, atol=1e-12)
+    a = op.matrix()
+    np.testing.assert_allclose(op.adjoint(y).reshape(4, -1).numpy(),
+                               y.reshape(4, -1).numpy() @ a, atol=1e-12)
+
+
+def test_adjoint_control_a_wrong_adjoint_fails_the_check() -> None:
+    """The identity above can fail: the block replication without 1/f² is not Aᵀ."""
+    op = Coarsen(GRID, 4)
+    x, y = torch.randn(*GRID, dtype=torch.float64), torch.randn(8, 6, dtype=torch.float64)
+    wrong = (x * op.to_grid(y)[0]).sum()
+    assert not torch.isclose((op.apply(x) * y).sum(), wrong)
+
+
+# ---------------------------------------------------------------- Stations
+
+
+def test_stations_interpolate_linear_fields_exactly() -> None:
+    """Bilinear interpolation reproduces a field linear in lat and lon at any station."""
+    rng = np.random.default_rng(0)
+    pts = [{"id": f"s{i}", "lat": float(rng.uniform(LAT[0], LAT[-1])),
+            "lon": float(rng.uniform(LON[0], LON[-1]))} for i in range(25)]
+    op = Stations(GRID, pts, LAT, LON)
+    lat2d, lon2d = np.meshgrid(LAT, LON, indexing="ij")
+    x = torch.as_tensor(0.3 * lat2d - 0.7 * lon2d + 2.0)
+    want = np.array([0.3 * p["lat"] - 0.7 * p["lon"] + 2.0 for p in pts])
+    np.testing.assert_allclose(op.apply(x).numpy(), want, atol=1e-10)
+    # On a grid point the station takes that pixel's value; the weights sum to one.
+    on = Stations(GRID, [{"id": "g", "lat": float(LAT[5]), "lon": float(LON[7])}], LAT, LON)
+    assert float(on.apply(x)[0]) == pytest.approx(float(x[5, 7]), abs=1e-12)
+    torch.testing.assert_close(op.weights.sum(dim=1), torch.ones(25, dtype=torch.float64))
+    lat_o, lon_o = op.coords(LAT, LON)
+    np.testing.assert_allclose(lat_o, [p["lat"] for p in pts])
+
+
+def test_stations_match_the_grids_longitude_convention() -> None:
+    lon360 = np.linspace(230.0, 253.0, GRID[1])  # the same longitudes as LON, 0..360
+    a = Stations(GRID, [{"id": "x", "lat": 30.2, "lon": -121.4}], LAT, lon360)
+    b = Stations(GRID, [{"id": "x", "lat": 30.2, "lon": -121.4}], LAT, LON)
+    torch.testing.assert_close(a.weights, b.weights)
+    assert torch.equal(a.index, b.index)
+
+
+def test_stations_outside_the_grid_are_named() -> None:
+    with pytest.raises(ValueError, match=r"station 'far' at lat 60, lon -120 lies outside the "
+                                         r"grid \(lat 20 to 51, lon -130 to -107\)"):
+        Stations(GRID, [{"id": "ok", "lat": 30.0, "lon": -120.0},
+                        {"id": "far", "lat": 60.0, "lon": -120.0}], LAT, LON)
+    with pytest.raises(ValueError, match="repeated: a"):
+        Stations(GRID, [{"id": "a", "lat": 30, "lon": -120}, {"id": "a", "lat": 31, "lon": -121}],
+                 LAT, LON)
+
+
+def test_stations_baseline_is_the_nearest_station() -> None:
+    pts = [{"id": "w", "lat": 35.0, "lon": -128.0}, {"id": "e", "lat": 35.0, "lon": -109.0}]
+    op = Stations(GRID, pts, LAT, LON)
+    b = op.baseline(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert float(b[16, 0]) == 1.0 and float(b[16, -1]) == 2.0
+    g = op.to_grid(torch.tensor([1.0, 2.0], dtype=torch.float64))
+    assert g.shape == (2, *GRID) and float(g[1].sum()) == pytest.approx(2.0)

@@ -1,4 +1,4 @@
-"""Stores, conditioning, and the observe → train → sample stages on a tiny synthetic spec."""
+"""Stores and the ingest → observe → train → sample → gather stages on a tiny synthetic spec."""
 
 from __future__ import annotations
 
@@ -7,25 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import xarray as xr
 import yaml
 
 from sgm.cli import main
-from sgm.core.operators import build_operator
 from sgm.io.stores import IncompleteStoreError, open_store, write_store
-from sgm.stages.conditioning import (
-    ResidualTarget,
-    Standardiser,
-    conditioning,
-    noisy_observation,
-    pack_paired,
-    paired_observations,
-    residual_scale,
-    simulated_observations,
-    static_channels,
-    training_pairs,
-)
 from sgm.stages.gather import gather_shards
 from sgm.stages.ingest import ingest
 from sgm.stages.observe import observe
@@ -50,8 +36,8 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "spec.yaml").write_text(yaml.safe_dump(SPEC))
     ingest(root / "spec.yaml", root / "fields.zarr")
     observe(root / "spec.yaml", root / "fields.zarr", root / "obs.zarr")
-    train_stage(root / "spec.yaml", root / "fields.zarr", root / "model.pt", MODEL,
-                progress=False)
+    train_stage(root / "spec.yaml", root / "fields.zarr", root / "obs.zarr", root / "model.pt",
+                MODEL, progress=False)
     return root
 
 
@@ -64,48 +50,6 @@ def test_write_store_is_atomic_and_marked(tmp_path: Path) -> None:
     ds.to_zarr(tmp_path / "partial.zarr", zarr_format=3, consolidated=False)
     with pytest.raises(IncompleteStoreError, match="partial.zarr"):
         open_store(tmp_path / "partial.zarr")
-
-
-def test_standardiser_round_trip() -> None:
-    st = Standardiser(("a", "b"), (280.0, 5.0), (10.0, 2.0))
-    x = torch.randn(3, 2, 4, 4) * 10 + 100
-    z = st.forward(x)
-    assert torch.allclose(z[:, 0], (x[:, 0] - 280) / 10)
-    assert torch.allclose(st.inverse(z), x, atol=1e-4)
-    assert torch.allclose(st.noise({"a": 1.0, "b": 1.0}), torch.tensor([0.1, 0.5]))
-
-
-def test_training_pairs_observe_with_fresh_noise() -> None:
-    op = build_operator({"kind": "coarsen", "factor": 2}, (4, 4))
-    static = torch.full((1, 4, 4), 7.0)
-    x0 = torch.randn(5, 1, 4, 4)
-    exact = conditioning(op, op.apply(x0), static)
-    assert exact.shape == (5, 2, 4, 4) and torch.all(exact[:, 1] == 7.0)
-    observer = simulated_observations(op, torch.tensor([0.0]))
-    target, cond = training_pairs(op, observer, static, None)(x0, torch.Generator().manual_seed(0))
-    assert torch.equal(target, x0) and torch.allclose(cond, exact)
-    noisy = training_pairs(op, simulated_observations(op, torch.tensor([0.5])), static, None)
-    (_, a), (_, b) = (noisy(x0, torch.Generator().manual_seed(s)) for s in (0, 1))
-    assert not torch.allclose(a, b)
-    resid = (a[:, 0] - exact[:, 0]).std()
-    assert 0.3 < float(resid) < 0.7  # noise of std 0.5, replicated over 2×2 blocks
-
-
-def test_residual_target_round_trip_and_scale() -> None:
-    op = build_operator({"kind": "coarsen", "factor": 4}, (8, 8))
-    z = torch.randn(200, 1, 8, 8)
-    noise = torch.tensor([0.1])
-    y = noisy_observation(op, z, noise, torch.Generator().manual_seed(0))
-    scale = residual_scale(op, z, y)
-    # white noise: the bicubic baseline of block means explains little, the residual std is ~1
-    assert 0.85 < float(scale) < 1.05
-    smooth = z.mean(dim=(2, 3), keepdim=True).expand(-1, -1, 8, 8).contiguous()
-    assert float(residual_scale(op, smooth, op.apply(smooth))) < 1e-4 + 1e-6
-    target = ResidualTarget(op, scale)
-    make_pair = training_pairs(op, simulated_observations(op, noise), None, target)
-    r, cond = make_pair(z[:4], torch.Generator().manual_seed(2))
-    y = cond[:, :1, ::4, ::4]  # nearest-upsampled observation → the coarse values
-    assert torch.allclose(target.inverse(r, y), z[:4], atol=1e-5)
 
 
 def test_fields_and_obs(pipeline: Path) -> None:
@@ -159,33 +103,6 @@ def test_cli_reports_bad_spec_in_one_line(tmp_path: Path, capsys: pytest.Capture
     assert not (tmp_path / "f.zarr").exists()
 
 
-def test_paired_batches_carry_their_own_observations() -> None:
-    op = build_operator({"kind": "coarsen", "factor": 2}, (4, 6))
-    z, y = torch.randn(3, 2, 4, 6), torch.randn(3, 2, 2, 3)
-    data = pack_paired(op, z, y)
-    assert data.shape == (3, 4, 4, 6)
-    z_back, y_back = paired_observations(op, 2)(data, torch.Generator())
-    assert torch.equal(z_back, z) and torch.allclose(y_back, y, atol=1e-6)
-
-
-def test_static_channels_climatology_then_covariates() -> None:
-    rng = np.random.default_rng(0)
-    fields = xr.Dataset(
-        {"tas": (("time", "lat", "lon"), rng.normal(280, 5, (6, 2, 3)).astype("f4")),
-         "static_orog": (("lat", "lon"), np.arange(6.0).reshape(2, 3))},
-        coords={"split": ("time", ["train"] * 4 + ["test"] * 2)},
-        attrs={"sgm_static": json.dumps(["orog"]), "sgm_normalisation": json.dumps(
-            {"tas": {"mean": 280.0, "std": 5.0}, "static_orog": {"mean": 2.5, "std": 2.0}})},
-    )
-    st = Standardiser(("tas",), (280.0,), (5.0,))
-    both = static_channels(fields, st, climatology=True)
-    assert both.shape == (2, 2, 3)
-    clim = (fields.tas.values[:4].mean(axis=0) - 280) / 5
-    np.testing.assert_allclose(both[0].numpy(), clim, rtol=1e-5)
-    np.testing.assert_allclose(both[1].numpy(), (np.arange(6.0).reshape(2, 3) - 2.5) / 2)
-    assert static_channels(fields, st, climatology=False).shape == (1, 2, 3)
-
-
 def test_paired_source_feeds_observe_and_train(tmp_path: Path) -> None:
     """Real downscaling pairs: obs.zarr holds the paired coarse fields, not simulated ones."""
     import cftime
@@ -212,8 +129,8 @@ def test_paired_source_feeds_observe_and_train(tmp_path: Path) -> None:
     obs = open_store(tmp_path / "obs.zarr")
     np.testing.assert_allclose(obs.tas.values, coarse[14:], rtol=0, atol=1e-4)
     assert obs.attrs["sgm_observations"] == "paired"
-    train_stage(tmp_path / "spec.yaml", tmp_path / "fields.zarr", tmp_path / "model.pt", MODEL,
-                progress=False)
+    train_stage(tmp_path / "spec.yaml", tmp_path / "fields.zarr", tmp_path / "obs.zarr",
+                tmp_path / "model.pt", MODEL, progress=False)
     sample_stage(tmp_path / "model.pt", tmp_path / "obs.zarr", tmp_path / "post.zarr",
                  {"members": 2, "steps": 2}, progress=False)
     assert open_store(tmp_path / "post.zarr").tas.shape == (3, 2, 4, 8)

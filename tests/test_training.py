@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sgm.config import TrainSettings
 from sgm.core.loss import EDMLoss
 from sgm.core.network import build_unet
 from sgm.core.precond import EDMPrecond
-from sgm.core.training import LOSS_HEADER, TrainSettings, train
+from sgm.core.training import train
 from sgm.io.checkpoint import list_checkpoints
+from sgm.io.losslog import LOSS_HEADER, run_files
 
 
 def toy_fields(n: int, hw: int, seed: int) -> Tensor:
@@ -58,7 +60,7 @@ def test_training_lowers_the_loss(tmp_path: Path) -> None:
         steps=160, batch_size=8, lr=2e-3, lr_warmup_steps=40, log_every=40,
         checkpoint_every=80, seed=3,
     )  # fmt: skip
-    result = train(precond, data, coarse_obs, settings, tmp_path, progress=False)
+    result = train(precond, data, coarse_obs, settings, *run_files(tmp_path), progress=False)
 
     rows = read_loss_csv(tmp_path / "loss.csv")
     assert [int(r["step"]) for r in rows] == [40, 80, 120, 160]
@@ -102,17 +104,19 @@ def _resume_setup(seed: int) -> tuple[EDMPrecond, Tensor, TrainSettings]:
 
 def test_resume_is_identical_to_uninterrupted(tmp_path: Path) -> None:
     precond, data, settings = _resume_setup(seed=0)
-    full = train(precond, data, coarse_obs, settings, tmp_path / "full", progress=False)
+    full = train(precond, data, coarse_obs, settings, *run_files(tmp_path / "full"), progress=False)
 
     precond, data, settings = _resume_setup(seed=0)
     settings.steps = 20  # stops in the middle of a log interval (log_every = 3)
-    part = train(precond, data, coarse_obs, settings, tmp_path / "split", progress=False)
+    part = train(precond, data, coarse_obs, settings,
+                 *run_files(tmp_path / "split"), progress=False)
     assert part.step == 20
     # simulate a kill after a log row was written but before the next checkpoint
     with (tmp_path / "split" / "loss.csv").open("a") as f:
         f.write("21,9.9,9.9,9.9,9.9\n22,0.1")
     precond, data, settings = _resume_setup(seed=1)
-    resumed = train(precond, data, coarse_obs, settings, tmp_path / "split", progress=False)
+    resumed = train(precond, data, coarse_obs, settings,
+                    *run_files(tmp_path / "split"), progress=False)
 
     assert resumed.step == 40
     for ours, theirs in ((full.ema, resumed.ema), (full.raw, resumed.raw)):
@@ -128,7 +132,8 @@ def test_resume_is_identical_to_uninterrupted(tmp_path: Path) -> None:
 
     # a run that is already complete returns its state without training further
     precond, data, settings = _resume_setup(seed=2)
-    again = train(precond, data, coarse_obs, settings, tmp_path / "split", progress=False)
+    again = train(precond, data, coarse_obs, settings,
+                  *run_files(tmp_path / "split"), progress=False)
     assert again.step == 40 and again.final_loss == full.final_loss
     assert torch.equal(again.ema.net.conv_out.weight, full.ema.net.conv_out.weight)
 
@@ -141,7 +146,9 @@ KILL_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     from sgm.core.network import build_unet
     from sgm.core.precond import EDMPrecond
-    from sgm.core.training import TrainSettings, train
+    from sgm.config import TrainSettings
+    from sgm.core.training import train
+    from sgm.io.losslog import run_files
 
     def run(workdir, pace):
         torch.manual_seed(0)
@@ -154,7 +161,7 @@ KILL_SCRIPT = textwrap.dedent(
             make_pair = lambda x, g: (time.sleep(pace), (x, None))[1]
         else:
             make_pair = None
-        return train(precond, data, make_pair, settings, Path(workdir), progress=False)
+        return train(precond, data, make_pair, settings, *run_files(Path(workdir)), progress=False)
 
     if __name__ == "__main__":
         result = run(sys.argv[1], float(sys.argv[2]))

@@ -3,6 +3,7 @@ splits, observation operator, conditioning)."""
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ from pydantic import (
     Field,
     NonNegativeInt,
     Tag,
+    ValidationError,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -25,6 +27,7 @@ from pydantic import (
 from sgm.config.base import (
     DATE_PATTERN,
     NAME_PATTERN,
+    SpecError,
     StrictModel,
     read_yaml,
     validate,
@@ -299,20 +302,55 @@ class Splits(StrictModel):
         return labels
 
 
-class Coarsen(StrictModel):
+NoiseStd = Annotated[
+    float | dict[str, Annotated[float, Field(ge=0)]],
+    Field(description="Observation noise std in the variable's physical units: one number for "
+          "every variable, or a mapping {variable: std}."),
+]
+
+
+class OperatorSpec(StrictModel):
+    """What every observation operator states: its noise (the operator itself is noise-free)."""
+
+    noise_std: NoiseStd = 0.0
+
+    @field_validator("noise_std")
+    @classmethod
+    def _non_negative(cls, v: float | dict[str, float]) -> float | dict[str, float]:
+        if isinstance(v, float | int) and v < 0:
+            raise ValueError("must be ≥ 0")
+        return v
+
+    @property
+    def grid_multiple(self) -> int:
+        """Both grid sizes must be multiples of this (ingest crops the grid to them)."""
+        return 1
+
+    def params(self) -> dict[str, Any]:
+        """The operator's parameters as ``sgm.core.operators.build_operator`` takes them."""
+        return self.model_dump(exclude={"noise_std", "file"}, exclude_none=True)
+
+
+class Coarsen(OperatorSpec):
+    """Block averages over factor × factor cells."""
+
     kind: Literal["coarsen"] = "coarsen"
     factor: int = Field(ge=2, description="Block-average factor; the grid is cropped to divide.")
-    noise_std: float = Field(0.0, ge=0, description="Observation noise std (physical units).")
+
+    @property
+    def grid_multiple(self) -> int:
+        return self.factor
 
 
-class Sparse(StrictModel):
+class Sparse(OperatorSpec):
+    """Values at a fixed set of grid pixels."""
+
     kind: Literal["sparse"] = "sparse"
     fraction: float | None = Field(None, gt=0, le=1, description="Fraction of pixels observed.")
     seed: int = Field(0, description="Seed for choosing the observed pixels (with fraction).")
     points: list[tuple[NonNegativeInt, NonNegativeInt]] | None = Field(
         None, min_length=1, description="Observed pixels [[row, column], ...] of the final grid."
     )
-    noise_std: float = Field(0.0, ge=0, description="Observation noise std (physical units).")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Sparse:
@@ -321,14 +359,47 @@ class Sparse(StrictModel):
         return self
 
 
-class Blur(StrictModel):
+class Station(StrictModel):
+    """A station at a latitude and longitude (degrees; either longitude convention)."""
+
+    id: str = Field(min_length=1, description="Station identifier (unique).")
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=360)
+
+
+class Stations(OperatorSpec):
+    """Station values, interpolated bilinearly from the grid at each station's coordinates."""
+
+    kind: Literal["stations"] = "stations"
+    stations: list[Station] | None = Field(
+        None, min_length=1, description="The stations inline: [{id, lat, lon}, ...]."
+    )
+    file: str | None = Field(
+        None, description="A CSV file with columns id, lat, lon (one station per line), "
+        "relative to the spec file."
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Stations:
+        if (self.stations is None) == (self.file is None):
+            raise ValueError("give exactly one of stations or file")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        if self.stations is None:
+            raise ValueError("the station file has not been read (load the spec with load_spec)")
+        return {"kind": "stations", "stations": [s.model_dump() for s in self.stations]}
+
+
+class Blur(OperatorSpec):
+    """A Gaussian blur of the field."""
+
     kind: Literal["blur"] = "blur"
     sigma_pixels: float = Field(gt=0, description="Gaussian blur standard deviation (pixels).")
     boundary: Literal["periodic", "reflect"] = Field("periodic", description="Edge handling.")
-    noise_std: float = Field(0.0, ge=0, description="Observation noise std (physical units).")
 
 
-Operator = Annotated[Coarsen | Sparse | Blur, Field(discriminator="kind")]
+Operator = Annotated[Coarsen | Sparse | Stations | Blur, Field(discriminator="kind")]
 
 
 class Conditioning(StrictModel):
@@ -372,6 +443,10 @@ class DataSpec(StrictModel):
                 raise ValueError(f"{kind}: names must be unique (repeated: {', '.join(twice)})")
         if self.source.synthetic is not None and (self.static or self.paired):
             raise ValueError("a synthetic source has no static covariates or paired source")
+        eta = self.operator.noise_std
+        if isinstance(eta, dict) and sorted(eta) != sorted(names):
+            raise ValueError(f"operator.noise_std: give one value per variable ({', '.join(names)}"
+                             f"), got {', '.join(sorted(eta)) or 'none'}")
         if self.paired is not None:
             if self.operator.kind != "coarsen":
                 raise ValueError("paired: needs operator kind coarsen (its factor relates the "
@@ -382,9 +457,17 @@ class DataSpec(StrictModel):
                                  f"target variables ({', '.join(names)})")
         return self
 
-    def operator_dict(self) -> dict[str, Any]:
-        """The operator as given to :func:`sgm.core.operators.build_operator` (noise apart)."""
-        return self.operator.model_dump(exclude={"noise_std"}, exclude_none=True)
+    def noise_std(self) -> dict[str, float]:
+        """The observation noise std of every variable."""
+        eta = self.operator.noise_std
+        return {v.name: float(eta[v.name] if isinstance(eta, dict) else eta)
+                for v in self.variables}
+
+    def observation(self) -> dict[str, Any]:
+        """The observation model's description (``sgm.core.observation.ObservationModel``),
+        all but the grid, which ingest determines."""
+        return {"operator": self.operator.params(), "variables": [v.name for v in self.variables],
+                "noise_std": self.noise_std()}
 
 
 class _SpecLoader(yaml.SafeLoader):
@@ -397,8 +480,55 @@ _SpecLoader.yaml_implicit_resolvers = {
 }
 
 
+def read_station_file(path: Path) -> list[Station]:
+    """Stations from a CSV file with a header line naming (at least) id, lat and lon.
+
+    Every problem is a :class:`SpecError` naming the file and the line.
+    """
+    if not path.is_file():
+        raise SpecError(f"{path}: station file does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"{path}: station file cannot be read ({exc})") from None
+    rows = list(csv.reader(lines))
+    header = [h.strip() for h in rows[0]] if rows else []
+    missing = [c for c in ("id", "lat", "lon") if c not in header]
+    if missing:
+        raise SpecError(f"{path}: line 1: the header lacks column(s) {', '.join(missing)} "
+                        f"(it has: {', '.join(header) or 'nothing'})")
+    where = {c: header.index(c) for c in ("id", "lat", "lon")}
+    stations = []
+    for number, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        cells = {c: row[i].strip() if i < len(row) else "" for c, i in where.items()}
+        empty = [c for c, v in cells.items() if not v]
+        if empty:
+            raise SpecError(f"{path}: line {number}: missing value(s) for {', '.join(empty)}")
+        try:
+            stations.append(Station(id=cells["id"], lat=float(cells["lat"]),
+                                    lon=float(cells["lon"])))
+        except ValueError as exc:
+            detail = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+            raise SpecError(f"{path}: line {number}: station {cells['id']!r}: {detail}") from None
+    if not stations:
+        raise SpecError(f"{path}: the station file lists no station")
+    return stations
+
+
 def load_spec(path: str | Path) -> DataSpec:
-    """Read and validate a data spec file (dates stay text, to be read in the data's calendar)."""
-    return validate(DataSpec, read_yaml(path, loader=_SpecLoader), path)
+    """Read and validate a data spec file (dates stay text, to be read in the data's calendar).
+
+    A station file named by the operator is read here, relative to the spec file, so that the
+    returned spec states every station inline.
+    """
+    path = Path(path)
+    spec = validate(DataSpec, read_yaml(path, loader=_SpecLoader), path)
+    op = spec.operator
+    if isinstance(op, Stations) and op.file is not None:
+        stations = read_station_file(path.parent / op.file)
+        spec = spec.model_copy(update={"operator": op.model_copy(update={"stations": stations})})
+    return spec
 
 

@@ -1,16 +1,21 @@
 """Noise-free linear observation operators y = A(x) on a fixed (H, W) grid.
 
-Observation noise is added by callers: y = A(x) + noise_std * eps. Every operator also
-maps an observation back onto the target grid (``to_grid``, the network's conditioning
-channels), gives a deterministic interpolation ``baseline`` and its dense ``matrix`` (for
-the exact Gaussian posterior of ``sgm.core.gaussian``).
+Every operator maps fields x[..., H, W] to observations y[..., *obs_shape] and offers what
+inversion and conditioning need: the adjoint Aᵀ (so that <A x, y> = <x, Aᵀ y>), its dense
+``matrix`` (for the exact Gaussian posterior of ``sgm.core.gaussian``), the observation mapped
+back onto the grid (``to_grid``, a conditional network's input channels), a deterministic
+``baseline`` interpolation with its ``baseline_name``, and the coordinates of every observation.
+Noise is not the operator's business: :class:`sgm.core.observation.ObservationModel` adds it.
+
+A new operator is one subclass here (registered in ``OPERATORS``) plus its spec model in
+``sgm.config.spec``; nothing else in the package branches on the kind.
 """
 
 from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,27 +34,38 @@ def _check_grid(grid: tuple[int, int]) -> tuple[int, int]:
 class ObservationOperator(ABC):
     """A linear map from fields x[..., H, W] to observations y[..., *obs_shape]."""
 
-    name: str
-    cond_channels: int
-    obs_dims: tuple[str, ...]
+    kind: ClassVar[str]
+    baseline_name: ClassVar[str]
+    cond_channels: ClassVar[int]
+    obs_dims: ClassVar[tuple[str, ...]]
 
     def __init__(self, grid: tuple[int, int]) -> None:
         self.grid = _check_grid(grid)
 
+    @classmethod
+    def on_grid(cls, lat: np.ndarray, lon: np.ndarray, **params: Any) -> ObservationOperator:
+        """Build on the grid with coordinates lat[H], lon[W] (most operators need only its size)."""
+        return cls((len(lat), len(lon)), **params)
+
     def _check_field(self, x: Tensor) -> None:
         if tuple(x.shape[-2:]) != self.grid:
             raise ValueError(
-                f"{self.name} operator was built for grid {self.grid}, "
+                f"{self.kind} operator was built for grid {self.grid}, "
                 f"got a field of shape {tuple(x.shape)}."
             )
 
+    @property
     @abstractmethod
-    def obs_shape(self, grid: tuple[int, int]) -> tuple[int, ...]:
-        """Shape of one observation for a field on ``grid``."""
+    def obs_shape(self) -> tuple[int, ...]:
+        """Shape of one observation."""
 
     @abstractmethod
     def apply(self, x: Tensor) -> Tensor:
         """A(x): Tensor[..., H, W] -> Tensor[..., *obs_shape]."""
+
+    @abstractmethod
+    def adjoint(self, y: Tensor) -> Tensor:
+        """Aᵀ(y): Tensor[..., *obs_shape] -> Tensor[..., H, W]."""
 
     @abstractmethod
     def to_grid(self, y: Tensor) -> Tensor:
@@ -61,7 +77,14 @@ class ObservationOperator(ABC):
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        """Configuration such that ``build_operator(op.to_dict(), grid)`` rebuilds ``op``."""
+        """Parameters such that ``build_operator(op.to_dict(), lat, lon)`` rebuilds ``op``."""
+
+    def coords(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(latitude, longitude)[*obs_shape] of every observation: A applied to the coordinate
+        grids (block centres for block means, the pixels themselves for point values)."""
+        lat2d, lon2d = np.meshgrid(np.asarray(lat, float), np.asarray(lon, float), indexing="ij")
+        return tuple(self.apply(torch.as_tensor(g, dtype=torch.float64)).numpy() for g in
+                     (lat2d, lon2d))
 
     def matrix(self) -> np.ndarray:
         """Dense A: np.ndarray[n_obs, H*W] (float64), columns in row-major (H, W) order.
@@ -80,11 +103,13 @@ class ObservationOperator(ABC):
 class Coarsen(ObservationOperator):
     """Block average over ``factor`` x ``factor`` pixels: y[..., H/f, W/f].
 
+    Aᵀ y replicates every coarse value over its block, divided by f².
     to_grid: block-replicated (nearest) upsampling, 1 channel.
     baseline: bicubic interpolation (align_corners=False, i.e. block-centre geometry).
     """
 
-    name = "coarsen"
+    kind = "coarsen"
+    baseline_name = "bicubic"
     cond_channels = 1
     obs_dims = ("lat_c", "lon_c")
 
@@ -100,8 +125,9 @@ class Coarsen(ObservationOperator):
                 "both H and W must be multiples of it."
             )
 
-    def obs_shape(self, grid: tuple[int, int]) -> tuple[int, ...]:
-        return (grid[0] // self.factor, grid[1] // self.factor)
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return (self.grid[0] // self.factor, self.grid[1] // self.factor)
 
     def apply(self, x: Tensor) -> Tensor:
         self._check_field(x)
@@ -110,9 +136,15 @@ class Coarsen(ObservationOperator):
         blocks = x.reshape(*x.shape[:-2], h // f, f, w // f, f)
         return blocks.mean(dim=(-3, -1))
 
-    def to_grid(self, y: Tensor) -> Tensor:
+    def _replicate(self, y: Tensor) -> Tensor:
         f = self.factor
-        return y.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1).unsqueeze(-3)
+        return y.repeat_interleave(f, dim=-2).repeat_interleave(f, dim=-1)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        return self._replicate(y) / self.factor**2
+
+    def to_grid(self, y: Tensor) -> Tensor:
+        return self._replicate(y).unsqueeze(-3)
 
     def baseline(self, y: Tensor) -> Tensor:
         lead = y.shape[:-2]
@@ -135,19 +167,73 @@ class Coarsen(ObservationOperator):
         return {"kind": "coarsen", "factor": self.factor}
 
 
-class SparseMask(ObservationOperator):
+class _PointOperator(ObservationOperator):
+    """Values at n points, each a fixed weighted sum of grid pixels: y_i = Σ_k w_ik x[p_ik].
+
+    ``index``[n, K] holds row-major pixel indices and ``weights``[n, K] their weights (K = 1 for
+    pixel values, 4 for bilinear interpolation). Aᵀ scatters weighted values back; to_grid gives
+    2 channels, (Aᵀ y, Aᵀ 1): the values spread onto their pixels and the observation mask.
+    baseline: every pixel takes the value of its nearest observation.
+    """
+
+    cond_channels = 2
+
+    def __init__(self, grid: tuple[int, int], index: np.ndarray, weights: np.ndarray,
+                 nearest: np.ndarray) -> None:
+        super().__init__(grid)
+        self.index = torch.as_tensor(np.asarray(index, dtype=np.int64))
+        self.weights = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        self.nearest = torch.as_tensor(np.asarray(nearest, dtype=np.int64))
+
+    @property
+    def n_points(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return (self.n_points,)
+
+    def apply(self, x: Tensor) -> Tensor:
+        self._check_field(x)
+        flat = x.flatten(-2)
+        values = flat[..., self.index.to(x.device).reshape(-1)].reshape(*flat.shape[:-1],
+                                                                         *self.index.shape)
+        return (values * self.weights.to(x)).sum(dim=-1)
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        h, w = self.grid
+        contrib = (y[..., None] * self.weights.to(y)).reshape(*y.shape[:-1], -1)
+        out = torch.zeros(*y.shape[:-1], h * w, dtype=y.dtype, device=y.device)
+        index = self.index.to(y.device).reshape(-1).expand_as(contrib)
+        return out.scatter_add(-1, index, contrib).reshape(*y.shape[:-1], h, w)
+
+    def to_grid(self, y: Tensor) -> Tensor:
+        mask = self.adjoint(torch.ones(self.n_points, dtype=y.dtype, device=y.device))
+        values = self.adjoint(y)
+        return torch.stack([values, mask.expand_as(values)], dim=-3)
+
+    def baseline(self, y: Tensor) -> Tensor:
+        return y[..., self.nearest.to(y.device)].reshape(*y.shape[:-1], *self.grid)
+
+    def matrix(self) -> np.ndarray:
+        a = np.zeros((self.n_points, self.grid[0] * self.grid[1]))
+        rows = np.repeat(np.arange(self.n_points), self.index.shape[1])
+        np.add.at(a, (rows, self.index.numpy().ravel()), self.weights.numpy().ravel())
+        return a
+
+
+class SparseMask(_PointOperator):
     """Point values at a fixed set of pixels: y[..., n_points].
 
     The points are either given explicitly or are a random ``fraction`` of the pixels,
-    drawn once with ``numpy.random.default_rng(seed)``; they are stored as sorted
-    row-major flat indices.
-
-    to_grid: 2 channels, (values scattered onto the grid with zeros elsewhere, 0/1 mask).
+    drawn once with ``numpy.random.default_rng(seed)``; they are stored as sorted row-major
+    flat indices. ``to_dict`` lists them (with the fraction and seed they came from), and given
+    points take precedence over a fraction, so a rebuilt operator never re-draws them.
     baseline: nearest-neighbour fill from the points (Euclidean distance in pixels).
     """
 
-    name = "sparse"
-    cond_channels = 2
+    kind = "sparse"
+    baseline_name = "nearest"
     obs_dims = ("point",)
 
     def __init__(
@@ -157,68 +243,115 @@ class SparseMask(ObservationOperator):
         seed: int = 0,
         points: list[tuple[int, int]] | None = None,
     ) -> None:
-        super().__init__(grid)
-        h, w = self.grid
-        if (fraction is None) == (points is None):
-            raise ValueError("SparseMask needs exactly one of 'fraction' or 'points'.")
+        h, w = _check_grid(grid)
         self.fraction = None if fraction is None else float(fraction)
         self.seed = int(seed)
-        self.explicit = points is not None
         if points is not None:
             pts = np.asarray(points, dtype=np.int64).reshape(-1, 2)
             if len(pts) == 0:
                 raise ValueError("SparseMask 'points' is empty.")
             if (pts < 0).any() or (pts[:, 0] >= h).any() or (pts[:, 1] >= w).any():
-                raise ValueError(f"SparseMask 'points' must lie inside the grid {self.grid}.")
+                outside = next(p for p in pts.tolist()
+                               if p[0] < 0 or p[1] < 0 or p[0] >= h or p[1] >= w)
+                raise ValueError(f"sparse point {outside} lies outside the {h}x{w} grid")
             flat = np.unique(pts[:, 0] * w + pts[:, 1])
-        else:
-            assert self.fraction is not None
+        elif self.fraction is not None:
             if not 0.0 < self.fraction <= 1.0:
                 raise ValueError(f"sparse fraction must be in (0, 1], got {self.fraction}.")
             n = max(1, round(self.fraction * h * w))
-            rng = np.random.default_rng(self.seed)
-            flat = np.sort(rng.choice(h * w, size=n, replace=False))
-        self.index = torch.as_tensor(flat, dtype=torch.long)
+            flat = np.sort(np.random.default_rng(self.seed).choice(h * w, size=n, replace=False))
+        else:
+            raise ValueError("SparseMask needs 'fraction' or 'points'.")
         self.points = [(int(i) // w, int(i) % w) for i in flat]
-        # Nearest observed point of every pixel, for the baseline.
         ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
         tree = cKDTree(np.stack([flat // w, flat % w], axis=1).astype(np.float64))
         _, nearest = tree.query(np.stack([ii.ravel(), jj.ravel()], axis=1).astype(np.float64))
-        self.nearest = torch.as_tensor(nearest, dtype=torch.long)
-
-    @property
-    def n_points(self) -> int:
-        return int(self.index.numel())
-
-    def obs_shape(self, grid: tuple[int, int]) -> tuple[int, ...]:
-        return (self.n_points,)
-
-    def apply(self, x: Tensor) -> Tensor:
-        self._check_field(x)
-        return x.flatten(-2)[..., self.index.to(x.device)]
-
-    def to_grid(self, y: Tensor) -> Tensor:
-        h, w = self.grid
-        index = self.index.to(y.device)
-        values = torch.zeros(*y.shape[:-1], h * w, dtype=y.dtype, device=y.device)
-        values[..., index] = y
-        mask = torch.zeros(h * w, dtype=y.dtype, device=y.device)
-        mask[index] = 1.0
-        mask = mask.expand_as(values)
-        return torch.stack([values, mask], dim=-2).reshape(*y.shape[:-1], 2, h, w)
-
-    def baseline(self, y: Tensor) -> Tensor:
-        return y[..., self.nearest.to(y.device)].reshape(*y.shape[:-1], *self.grid)
-
-    def matrix(self) -> np.ndarray:
-        a = np.zeros((self.n_points, self.grid[0] * self.grid[1]))
-        a[np.arange(self.n_points), self.index.numpy()] = 1.0
-        return a
+        super().__init__((h, w), flat[:, None], np.ones((flat.size, 1)), nearest)
 
     def to_dict(self) -> dict[str, Any]:
-        if self.explicit:
-            return {"kind": "sparse", "points": [list(p) for p in self.points]}
-        return {"kind": "sparse", "fraction": self.fraction, "seed": self.seed}
+        out: dict[str, Any] = {"kind": "sparse", "points": [list(p) for p in self.points]}
+        if self.fraction is not None:
+            out.update(fraction=self.fraction, seed=self.seed)
+        return out
+
+
+def _unit_vectors(lat: np.ndarray, lon: np.ndarray) -> np.ndarray:
+    """Points on the unit sphere [..., 3] at latitudes/longitudes in degrees."""
+    phi, lam = np.radians(lat), np.radians(lon)
+    return np.stack([np.cos(phi) * np.cos(lam), np.cos(phi) * np.sin(lam), np.sin(phi)], axis=-1)
+
+
+def _fractional_index(axis: np.ndarray, value: float) -> float | None:
+    """Position of ``value`` on an ascending coordinate axis, in grid steps (None outside)."""
+    if not axis[0] <= value <= axis[-1]:
+        return None
+    return float(np.interp(value, axis, np.arange(axis.size, dtype=float)))
+
+
+class Stations(_PointOperator):
+    """Station values interpolated bilinearly from the four surrounding grid points.
+
+    For a station at fractional grid position (i + a, j + b), 0 ≤ a, b < 1:
+
+        y = (1−a)(1−b) x[i, j] + (1−a) b x[i, j+1] + a (1−b) x[i+1, j] + a b x[i+1, j+1]
+
+    (on an irregular grid the fraction is linear in the coordinate within each cell). Station
+    longitudes are matched to the grid's convention (λ, λ ± 360). A station outside the grid's
+    latitude or longitude range is an error naming it. baseline: the value of the nearest
+    station by great-circle distance.
+    """
+
+    kind = "stations"
+    baseline_name = "nearest station"
+    obs_dims = ("station",)
+
+    def __init__(self, grid: tuple[int, int], stations: list[dict[str, Any]],
+                 lat: np.ndarray | None = None, lon: np.ndarray | None = None) -> None:
+        h, w = _check_grid(grid)
+        lat = np.arange(h, dtype=float) if lat is None else np.asarray(lat, dtype=float)
+        lon = np.arange(w, dtype=float) if lon is None else np.asarray(lon, dtype=float)
+        if (lat.size, lon.size) != (h, w) or h < 2 or w < 2:
+            raise ValueError(f"stations need a grid of at least 2x2 points with coordinates, "
+                             f"got {h}x{w}")
+        if not stations:
+            raise ValueError("stations: the list is empty")
+        self.stations = [{"id": str(s["id"]), "lat": float(s["lat"]), "lon": float(s["lon"])}
+                         for s in stations]
+        ids = [s["id"] for s in self.stations]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"stations: ids must be unique (repeated: {', '.join(twice)})")
+        index, weights, positions = [], [], []
+        for s in self.stations:
+            fi = _fractional_index(lat, s["lat"])
+            fj = next((f for f in (_fractional_index(lon, s["lon"] + k) for k in (0, -360, 360))
+                       if f is not None), None)
+            if fi is None or fj is None:
+                raise ValueError(
+                    f"station {s['id']!r} at lat {s['lat']:g}, lon {s['lon']:g} lies outside the "
+                    f"grid (lat {lat[0]:g} to {lat[-1]:g}, lon {lon[0]:g} to {lon[-1]:g})"
+                )
+            i, j = min(int(fi), h - 2), min(int(fj), w - 2)
+            a, b = fi - i, fj - j
+            index.append([i * w + j, i * w + j + 1, (i + 1) * w + j, (i + 1) * w + j + 1])
+            weights.append([(1 - a) * (1 - b), (1 - a) * b, a * (1 - b), a * b])
+            positions.append((s["lat"], s["lon"]))
+        pos = np.asarray(positions)
+        lat2d, lon2d = np.meshgrid(lat, lon, indexing="ij")
+        tree = cKDTree(_unit_vectors(pos[:, 0], pos[:, 1]))
+        _, nearest = tree.query(_unit_vectors(lat2d.ravel(), lon2d.ravel()))
+        super().__init__((h, w), np.asarray(index), np.asarray(weights), nearest)
+
+    @classmethod
+    def on_grid(cls, lat: np.ndarray, lon: np.ndarray, **params: Any) -> Stations:
+        return cls((len(lat), len(lon)), lat=lat, lon=lon, **params)
+
+    def coords(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (np.array([s["lat"] for s in self.stations]),
+                np.array([s["lon"] for s in self.stations]))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "stations", "stations": [dict(s) for s in self.stations]}
 
 
 def _gaussian_matrix_1d(n: int, sigma: float, boundary: str) -> np.ndarray:
@@ -248,12 +381,13 @@ def _gaussian_matrix_1d(n: int, sigma: float, boundary: str) -> np.ndarray:
 class Blur(ObservationOperator):
     """Gaussian blur with standard deviation ``sigma_pixels``: y[..., H, W].
 
-    Separable: A = K_H (x) K_W, with 1-D Gaussian kernels truncated at 4 sigma and a
-    periodic or reflecting boundary. to_grid: the blurred field, 1 channel.
+    Separable: A = K_H ⊗ K_W, with 1-D Gaussian kernels truncated at 4 sigma and a periodic or
+    reflecting boundary; Aᵀ y = K_Hᵀ y K_W. to_grid: the blurred field, 1 channel.
     baseline: the blurred field itself (no deconvolution).
     """
 
-    name = "blur"
+    kind = "blur"
+    baseline_name = "blurred observation"
     cond_channels = 1
     obs_dims = ("lat", "lon")
 
@@ -271,14 +405,25 @@ class Blur(ObservationOperator):
         self._kh = torch.as_tensor(_gaussian_matrix_1d(h, self.sigma_pixels, boundary))
         self._kw = torch.as_tensor(_gaussian_matrix_1d(w, self.sigma_pixels, boundary))
 
-    def obs_shape(self, grid: tuple[int, int]) -> tuple[int, ...]:
-        return tuple(grid)
+    @property
+    def obs_shape(self) -> tuple[int, ...]:
+        return self.grid
+
+    def _kernels(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return (self._kh.to(device=x.device, dtype=x.dtype),
+                self._kw.to(device=x.device, dtype=x.dtype))
 
     def apply(self, x: Tensor) -> Tensor:
         self._check_field(x)
-        kh = self._kh.to(device=x.device, dtype=x.dtype)
-        kw = self._kw.to(device=x.device, dtype=x.dtype)
+        kh, kw = self._kernels(x)
         return kh @ x @ kw.T
+
+    def adjoint(self, y: Tensor) -> Tensor:
+        kh, kw = self._kernels(y)
+        return kh.T @ y @ kw
+
+    def coords(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return tuple(np.meshgrid(np.asarray(lat, float), np.asarray(lon, float), indexing="ij"))
 
     def to_grid(self, y: Tensor) -> Tensor:
         return y.unsqueeze(-3)
@@ -293,25 +438,28 @@ class Blur(ObservationOperator):
         return {"kind": "blur", "sigma_pixels": self.sigma_pixels, "boundary": self.boundary}
 
 
-_KINDS: dict[str, tuple[type[ObservationOperator], frozenset[str]]] = {
+OPERATORS: dict[str, tuple[type[ObservationOperator], frozenset[str]]] = {
     "coarsen": (Coarsen, frozenset({"factor"})),
     "sparse": (SparseMask, frozenset({"fraction", "seed", "points"})),
+    "stations": (Stations, frozenset({"stations"})),
     "blur": (Blur, frozenset({"sigma_pixels", "boundary"})),
 }
 
 
-def build_operator(cfg: dict[str, Any], grid: tuple[int, int]) -> ObservationOperator:
-    """Build an operator from a config such as {"kind": "coarsen", "factor": 4}.
+def build_operator(cfg: dict[str, Any], lat: np.ndarray, lon: np.ndarray) -> ObservationOperator:
+    """Build an operator from its parameters, e.g. {"kind": "coarsen", "factor": 4}, on the grid
+    with coordinates lat[H], lon[W].
 
-    Kinds and keys: coarsen (factor), sparse (fraction, seed | points),
-    blur (sigma_pixels, boundary). Unknown kinds or keys raise ValueError.
+    Kinds and keys: coarsen (factor), sparse (fraction, seed | points), stations (stations: a
+    list of {id, lat, lon}), blur (sigma_pixels, boundary). Unknown kinds or keys raise
+    ValueError.
     """
     if "kind" not in cfg:
-        raise ValueError(f"Operator config needs a 'kind' key (one of {sorted(_KINDS)}).")
+        raise ValueError(f"Operator config needs a 'kind' key (one of {sorted(OPERATORS)}).")
     kind = cfg["kind"]
-    if kind not in _KINDS:
-        raise ValueError(f"Unknown operator kind {kind!r}; expected one of {sorted(_KINDS)}.")
-    cls, allowed = _KINDS[kind]
+    if kind not in OPERATORS:
+        raise ValueError(f"Unknown operator kind {kind!r}; expected one of {sorted(OPERATORS)}.")
+    cls, allowed = OPERATORS[kind]
     kwargs = {k: v for k, v in cfg.items() if k != "kind"}
     for key in kwargs:
         if key not in allowed:
@@ -319,6 +467,6 @@ def build_operator(cfg: dict[str, Any], grid: tuple[int, int]) -> ObservationOpe
                 f"Unknown key {key!r} for operator kind {kind!r}; allowed keys: {sorted(allowed)}."
             )
     try:
-        return cls(grid, **kwargs)
+        return cls.on_grid(np.asarray(lat), np.asarray(lon), **kwargs)
     except TypeError as err:
         raise ValueError(f"Invalid config for operator kind {kind!r}: {err}") from err

@@ -16,10 +16,14 @@ noisy states, and keep their own normalisation.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["EDMPrecond", "edm_coefficients"]
+from sgm.core.network import build_unet
+
+__all__ = ["EDMPrecond", "edm_coefficients", "new_denoiser"]
 
 
 def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -89,3 +93,19 @@ class EDMPrecond(nn.Module):
 
         f = self.net(net_in, c_noise).to(torch.float32)
         return c_skip[:, None, None, None] * x + c_out[:, None, None, None] * f
+
+
+def new_denoiser(
+    preset: str,
+    in_channels: int,
+    out_channels: int,
+    sigma_data: float = 1.0,
+    base_channels: int | None = None,
+    dropout: float = 0.0,
+) -> EDMPrecond:
+    """An untrained EDM-preconditioned U-Net of a preset size (``sgm.core.network.PRESETS``)."""
+    overrides: dict[str, Any] = {"dropout": dropout}
+    if base_channels is not None:
+        overrides["base_channels"] = base_channels
+    return EDMPrecond(build_unet(preset, in_channels, out_channels, **overrides),
+                      sigma_data=sigma_data)

@@ -12,13 +12,16 @@ One step, following EDM ``training_loop.py`` (Karras et al. 2022, Sec. 5):
 Exact resumption: the checkpoint holds the model, EMA, optimiser, step, the loss-log
 accumulator and *all* random states (the three generators and torch's global CPU/CUDA
 states), so a run resumed from step s continues bit-for-bit like an uninterrupted one;
-``loss.csv`` rows after s are dropped on resume.
+loss rows after s are dropped on resume.
+
+The loop works on tensors only: the resumable state goes to a :class:`CheckpointStore` and the
+loss rows to a :class:`LossLog`, whose file implementations live in ``sgm.io``.
 
 Distributed data parallel (torchrun, WORLD_SIZE > 1): every rank draws the *global*
 batch (indices, conditioning noise, sigma, n) from the same seeds and keeps its slice
 ``[rank * B / W, (rank + 1) * B / W)``; DDP averages the gradients. The update therefore
 equals the single-process one up to float summation order. Rank 0 alone writes
-checkpoints, ``loss.csv`` and the progress bar.
+checkpoints, loss rows and the progress bar.
 """
 
 from __future__ import annotations
@@ -29,46 +32,86 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from sgm.core.device import pick_device
 from sgm.core.ema import EMA
 from sgm.core.loss import EDMLoss
 from sgm.core.precond import EDMPrecond
-from sgm.io.atomic import atomic_write_text
-from sgm.io.checkpoint import load_latest_checkpoint, save_checkpoint
 
-__all__ = ["LOSS_HEADER", "TrainResult", "TrainSettings", "train"]
+__all__ = ["CheckpointStore", "LossLog", "LossRow", "TrainResult", "TrainSettings", "train"]
 
-LOSS_HEADER = "step,loss,sigma_median,lr,wall_s"
 MakePair = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor | None]]
 
 
-@dataclass
-class TrainSettings:
-    """Hyper-parameters of :func:`train` (``batch_size`` is the global batch)."""
+class TrainSettings(Protocol):
+    """The hyper-parameters :func:`train` reads (``batch_size`` is the global batch).
 
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 2e-4
-    lr_warmup_steps: int = 100
-    grad_clip: float = 1.0
-    ema_beta: float = 0.999
-    ema_warmup: bool = True
-    checkpoint_every: int = 500
-    log_every: int = 50
-    seed: int = 0
-    device: str = "auto"
-    P_mean: float = -1.2
-    P_std: float = 1.2
-    compile: bool = False
-    keep_checkpoints: int = 2
+    The validated settings of the workflow, ``sgm.config.TrainSettings``, are the one
+    implementation (with the defaults and descriptions); a test keeps the two in step.
+    """
+
+    steps: int
+    batch_size: int
+    lr: float
+    lr_warmup_steps: int
+    grad_clip: float
+    ema_beta: float
+    ema_warmup: bool
+    checkpoint_every: int
+    log_every: int
+    seed: int
+    device: str
+    P_mean: float
+    P_std: float
+    compile: bool
+
+
+SETTINGS_FIELDS = tuple(TrainSettings.__annotations__)
+# Settings that may change between a run and its resumption without making it another run.
+RESUMABLE_CHANGES = frozenset({"steps", "device", "compile", "checkpoint_every"})
+
+
+def settings_dict(s: TrainSettings) -> dict[str, Any]:
+    """The hyper-parameters as plain data (stored in every checkpoint)."""
+    return {name: getattr(s, name) for name in SETTINGS_FIELDS}
+
+
+class CheckpointStore(Protocol):
+    """Where a run's resumable state goes (``sgm.io.checkpoint.CheckpointFolder`` on disk)."""
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest readable state, or None when the run starts afresh."""
+
+    def save(self, state: dict[str, Any], step: int) -> None:
+        """Keep ``state`` (tensors and plain data) as the state after ``step`` updates."""
+
+
+@dataclass(frozen=True)
+class LossRow:
+    """One line of the loss log: the mean loss over the last ``log_every`` steps."""
+
+    step: int
+    loss: float
+    sigma_median: float
+    lr: float
+    wall_s: float
+
+
+class LossLog(Protocol):
+    """Where loss rows go (``sgm.io.losslog.LossCSV`` on disk)."""
+
+    def restart(self, step: int) -> None:
+        """Drop the rows after ``step`` (a resumed run rewrites them)."""
+
+    def append(self, row: LossRow) -> None:
+        """Add one row."""
 
 
 @dataclass
@@ -96,11 +139,9 @@ def _setup(device: str) -> tuple[_Dist, torch.device]:
     """Initialise torch.distributed from torchrun's env when WORLD_SIZE > 1; pick device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and world > 1:
-        device = f"cuda:{local_rank}"
-    dev = torch.device(device)
+    dev = pick_device(device)
+    if dev.type == "cuda" and dev.index is None and world > 1:
+        dev = torch.device(f"cuda:{local_rank}")
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)
     if world <= 1:
@@ -114,18 +155,6 @@ def _setup(device: str) -> tuple[_Dist, torch.device]:
 def _lr_at(k: int, s: TrainSettings) -> float:
     """Learning rate of update k (0-based): linear warm-up, then constant."""
     return s.lr * min(1.0, (k + 1) / max(1, s.lr_warmup_steps))
-
-
-def _rewrite_loss_csv(path: Path, keep_until: int) -> None:
-    """Keep the header and the complete rows with step <= keep_until (atomic rewrite)."""
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines(keepends=True)[1:]:
-            fields = line.rstrip("\n").split(",")
-            if line.endswith("\n") and len(fields) == 5 and fields[0].isdigit():
-                if int(fields[0]) <= keep_until:
-                    rows.append(line)
-    atomic_write_text(path, LOSS_HEADER + "\n" + "".join(rows))
 
 
 class _LossLog:
@@ -178,12 +207,13 @@ def train(
     data: Tensor,
     make_pair: MakePair | None,
     settings: TrainSettings,
-    workdir: Path,
+    checkpoints: CheckpointStore,
+    losses: LossLog,
     log: logging.Logger | None = None,
     progress: bool = True,
 ) -> TrainResult | None:
-    """Train ``precond`` (in place) on data: Tensor[N, C, H, W]; resume from
-    ``workdir/checkpoints`` if a checkpoint exists.
+    """Train ``precond`` (in place) on data: Tensor[N, C, H, W]; resume from the latest state
+    in ``checkpoints`` if there is one.
 
     Args:
         make_pair: ``make_pair(x0[B, C, H, W], generator) -> (target[B, C, H, W],
@@ -191,7 +221,8 @@ def train(
             is x0 itself or a transform of it, e.g. a residual from a baseline); called
             every step on the clean global batch (None when K = 0).
         settings: see :class:`TrainSettings`; ``batch_size`` must divide by WORLD_SIZE.
-        workdir: receives ``loss.csv`` and ``checkpoints/``.
+        checkpoints: keeps the resumable state (written by rank 0 only).
+        losses: receives a :class:`LossRow` every ``log_every`` steps (rank 0 only).
 
     Returns:
         The result on rank 0 (and in single-process runs); None on other ranks.
@@ -202,7 +233,8 @@ def train(
         raise ValueError("need steps >= 0, log_every >= 1, batch_size >= 1")
     ddp, device = _setup(s.device)
     try:
-        return _train(precond, data, make_pair, s, Path(workdir), log, progress, ddp, device)
+        return _train(precond, data, make_pair, s, checkpoints, losses, log, progress, ddp,
+                      device)
     finally:
         if ddp.owns_group:
             dist.destroy_process_group()
@@ -213,7 +245,8 @@ def _train(
     data: Tensor,
     make_pair: MakePair | None,
     s: TrainSettings,
-    workdir: Path,
+    checkpoints: CheckpointStore,
+    losses: LossLog,
     log: logging.Logger,
     progress: bool,
     ddp: _Dist,
@@ -224,7 +257,6 @@ def _train(
     local = s.batch_size // ddp.world_size
     mine = slice(ddp.rank * local, (ddp.rank + 1) * local)
     main = ddp.rank == 0
-    ckpt_dir, csv_path = workdir / "checkpoints", workdir / "loss.csv"
     data = data.to(device=device, dtype=torch.float32)
 
     precond.to(device).train()
@@ -246,7 +278,7 @@ def _train(
     acc = _LossLog(device)
     step, wall_before = 0, 0.0
 
-    ckpt = load_latest_checkpoint(ckpt_dir)
+    ckpt = checkpoints.latest()
     if ckpt is not None:
         step = int(ckpt["step"])
         precond.load_state_dict(ckpt["model"])
@@ -259,15 +291,14 @@ def _train(
             torch.cuda.set_rng_state_all(ckpt["rng"]["torch_cuda"])
         acc.load_state_dict(ckpt["log"])
         wall_before = float(ckpt["log"]["wall_s"])
-        changed = {k for k, v in asdict(s).items() if ckpt["settings"].get(k) != v}
-        changed -= {"steps", "device", "compile", "checkpoint_every", "keep_checkpoints"}
+        changed = {k for k, v in settings_dict(s).items() if ckpt["settings"].get(k) != v}
+        changed -= RESUMABLE_CHANGES
         if main and changed:
             log.warning("resumed with changed settings %s: not one run", sorted(changed))
         if main:
-            log.info("resumed from %s at step %d", ckpt_dir, step)
+            log.info("resumed from %s at step %d", checkpoints, step)
     if main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        _rewrite_loss_csv(csv_path, keep_until=step)
+        losses.restart(step)
     if s.compile:
         precond.net.compile()
 
@@ -284,10 +315,10 @@ def _train(
                 "torch_cuda": list(cuda_states),
             },
             "log": {**acc.state_dict(), "wall_s": wall},
-            "settings": asdict(s),
+            "settings": settings_dict(s),
         }
         if main:
-            save_checkpoint(state, ckpt_dir, step, keep=s.keep_checkpoints)
+            checkpoints.save(state, step)
         ddp.barrier()
 
     autocast = (
@@ -334,8 +365,7 @@ def _train(
             bar.set_postfix(loss=f"{mean:.4f}")
             if main:
                 log.info("step %d loss %.4f sigma_median %.3g lr %.2e", step, mean, median, lr)
-                with csv_path.open("a") as f:
-                    f.write(f"{step},{mean:.9g},{median:.9g},{lr:.9g},{wall:.3f}\n")
+                losses.append(LossRow(step, mean, median, lr, wall))
         if step == s.steps or (s.checkpoint_every > 0 and step % s.checkpoint_every == 0):
             checkpoint(step, wall)
     bar.close()

@@ -13,6 +13,7 @@ import netCDF4
 import numpy as np
 import xarray as xr
 
+from sgm.io import layout
 from sgm.io import units as u
 from sgm.io.errors import SourceError
 
@@ -91,7 +92,7 @@ def convert_units(
         scale, offset = u.factors(str(have), target)
     except u.UnitsError as exc:
         raise SourceError(f"{where}: {exc}") from None
-    attrs = dict(da.attrs, units=target, sgm_source_units=str(have))
+    attrs = dict(da.attrs, units=target, **{layout.SOURCE_UNITS: str(have)})
     out = da * scale + offset if offset else da * scale
     out.attrs = attrs
     return out

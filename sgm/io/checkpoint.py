@@ -24,6 +24,7 @@ import torch
 from sgm.io.atomic import atomic_write
 
 __all__ = [
+    "CheckpointFolder",
     "list_checkpoints",
     "load_latest_checkpoint",
     "load_model_file",
@@ -126,3 +127,21 @@ def load_model_file(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict):
         raise TypeError(f"{path} holds a {type(state).__name__}, expected a dict")
     return state
+
+
+class CheckpointFolder:
+    """A training run's checkpoints in one folder: the file store of
+    ``sgm.core.training.CheckpointStore`` (newest ``keep`` files kept; one writer per folder)."""
+
+    def __init__(self, directory: str | Path, keep: int = 2) -> None:
+        self.directory = Path(directory)
+        self.keep = keep
+
+    def latest(self) -> dict[str, Any] | None:
+        return load_latest_checkpoint(self.directory)
+
+    def save(self, state: dict[str, Any], step: int) -> None:
+        save_checkpoint(state, self.directory, step, keep=self.keep)
+
+    def __repr__(self) -> str:
+        return str(self.directory)

@@ -179,12 +179,12 @@ def select_region(
     return da
 
 
-def crop_to_factor(da: xr.DataArray, factor: int) -> xr.DataArray:
-    """Drop trailing rows/columns so that the grid divides the coarsening factor."""
+def crop_to_multiple(da: xr.DataArray, multiple: int) -> xr.DataArray:
+    """Drop trailing rows/columns so that both grid sizes are multiples of ``multiple``."""
     ny, nx = da.sizes["lat"], da.sizes["lon"]
-    cy, cx = ny - ny % factor, nx - nx % factor
+    cy, cx = ny - ny % multiple, nx - nx % multiple
     if (cy, cx) != (ny, nx):
-        log.info("cropping grid %s×%s to %s×%s to divide factor %d", ny, nx, cy, cx, factor)
+        log.info("cropping grid %s×%s to %s×%s (multiples of %d)", ny, nx, cy, cx, multiple)
     return da.isel(lat=slice(0, cy), lon=slice(0, cx))
 
 

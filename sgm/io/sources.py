@@ -12,28 +12,37 @@ from __future__ import annotations
 import contextlib
 import glob
 import importlib.util
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
+import dask
 import netCDF4
 import numpy as np
 import xarray as xr
+from pydantic import ValidationError
 
-from sgm.config import FieldRef, Source
+from sgm.config import DataSpec, DateRange, FieldRef, Source
+from sgm.io import layout
 from sgm.io.cf import convert_units, mask_invalid
 from sgm.io.errors import MissingSourceError, SourceError
 from sgm.io.formats import FormatError, check_complete, sniff
 from sgm.io.grid import (
     check_axes,
+    crop_to_multiple,
     orient,
     rename_dims,
     same_grid,
     select_level,
+    select_region,
     squeeze_extra,
 )
 
 __all__ = ["SourceError", "MissingSourceError", "package_file", "expand_paths", "source_paths",
-           "open_file", "find_variable", "describe", "read_field", "bounded_reading"]
+           "open_file", "find_variable", "describe", "read_field", "bounded_reading", "compute",
+           "where_of", "place", "resolve_file", "select_times", "refuse_missing"]
+
+PACKAGE_PREFIX = "package:"
 
 # Reads go in small dask chunks along time, whole multiples of the file's own chunks: joining
 # them into the store's larger chunks then never splits a read chunk between two writes, which
@@ -232,10 +241,73 @@ def read_field(
     da = das[0] if len(das) == 1 else xr.concat(
         das, dim="time", join="override", coords="minimal", compat="override"
     )
-    da.attrs = dict(first.attrs, sgm_source=_label(paths))
+    da.attrs = dict(first.attrs, **{layout.SOURCE: _label(paths)})
     return da
 
 
 def _label(paths: list[Path]) -> str:
     """The source files, for messages: one path, or the first and a count."""
     return str(paths[0]) if len(paths) == 1 else f"{paths[0]} (and {len(paths) - 1} more files)"
+
+
+def compute(*objects: Any, where: str = "source") -> tuple:
+    """Compute dask-backed objects together (sources read once), converting read failures.
+
+    netCDF-C is not thread-safe, so this runs on dask's synchronous scheduler.
+    """
+    try:
+        return dask.compute(*objects, scheduler="synchronous")
+    except (OSError, RuntimeError) as exc:
+        raise SourceError(f"{where}: reading failed ({exc.__class__.__name__}: {exc})") from exc
+
+
+def where_of(da: xr.DataArray) -> str:
+    """The prefix ``<source files>: variable '<name>'`` of messages about a field."""
+    return f"{da.attrs.get(layout.SOURCE, 'source')}: variable {da.name!r}"
+
+
+def place(da: xr.DataArray, spec: DataSpec) -> xr.DataArray:
+    """The spec's region, then the crop its operator needs (e.g. divisible by a factor)."""
+    if spec.region is not None:
+        da = select_region(da, spec.region.lat, spec.region.lon, spec.longitudes, where_of(da))
+    return crop_to_multiple(da, spec.operator.grid_multiple)
+
+
+def resolve_file(source: str | Path) -> Path:
+    """A file path, or the file a ``package:<package>/<path inside it>`` reference names."""
+    text = str(source)
+    if not text.startswith(PACKAGE_PREFIX):
+        path = Path(text)
+        if not path.exists():
+            raise MissingSourceError(f"{path}: file does not exist")
+        return path
+    package, _, inner = text[len(PACKAGE_PREFIX) :].partition("/")
+    if not package or not inner:
+        raise SourceError(f"{text}: a package reference reads package:<package>/<path in it>")
+    return package_file(package, inner)
+
+
+def select_times(da: xr.DataArray, time_slice: Sequence[str] | None, where: str) -> xr.DataArray:
+    """The time steps from ``time_slice[0]`` to ``time_slice[1]`` (dates, both included)."""
+    if time_slice is None:
+        return da
+    start, end = (str(t) for t in time_slice)
+    try:
+        keep = DateRange(start=start, end=end).mask(da.time.values)
+    except ValidationError as exc:
+        raise SourceError(f"{where}: time slice {start} to {end}: "
+                          f"{exc.errors()[0]['msg']}") from None
+    except ValueError as exc:
+        raise SourceError(f"{where}: time slice {start} to {end}: {exc}") from None
+    if not keep.any():
+        times = da.time.values
+        raise SourceError(f"{where}: time slice {start} to {end} selects no time step; the file "
+                          f"covers {times[0]} to {times[-1]}")
+    return da.isel(time=np.flatnonzero(keep))
+
+
+def refuse_missing(da: xr.DataArray, where: str, why: str) -> None:
+    """Refuse missing or non-finite values in a loaded field."""
+    bad = int((~np.isfinite(da.values)).sum())
+    if bad:
+        raise SourceError(f"{where}: has {bad} missing or non-finite values; {why}")

@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,121 +23,18 @@ import torch
 import xarray as xr
 
 from sgm.core import metrics
-from sgm.core.operators import ObservationOperator, build_operator
+from sgm.core.gaussian import GaussianRandomField
+from sgm.core.observation import ObservationModel
+from sgm.core.verification import score_deterministic, score_ensemble, score_oracle, spectra
+from sgm.io import layout
 from sgm.io.atomic import atomic_write_text
 from sgm.io.stores import json_attr, open_store, write_store
 
 log = logging.getLogger(__name__)
 
-BASELINE_NAMES = {"coarsen": "bicubic", "sparse": "nearest", "blur": "blurred observation"}
-COVERAGE_LEVELS = (0.5, 0.9)
-# Scores with pairwise member terms need ~M² × chunk × N floats; keep that below this.
-_PAIRWISE_BUDGET = 2**24
-
-
-def _chunked(
-    fn: Callable[[np.ndarray, np.ndarray], np.ndarray], ens: np.ndarray, truth: np.ndarray
-) -> np.ndarray:
-    """fn(ens[:, chunk], truth[chunk]) over chunks of the time axis, concatenated on it."""
-    m, t = ens.shape[:2]
-    per_time = m * m * max(1, truth[0].size)
-    size = max(1, _PAIRWISE_BUDGET // per_time)
-    parts = [fn(ens[:, i : i + size], truth[i : i + size]) for i in range(0, t, size)]
-    return np.concatenate(parts, axis=0)
-
-
-def _apply(op: ObservationOperator, x: np.ndarray) -> np.ndarray:
-    """Noise-free A(x) with torch in float64: x[..., H, W] -> [..., *obs_shape]."""
-    return op.apply(torch.as_tensor(x, dtype=torch.float64)).numpy()
-
-
-def score_ensemble(
-    ens: np.ndarray,
-    truth: np.ndarray,
-    a_ens: np.ndarray,
-    y: np.ndarray,
-    noise_std: float,
-    rng: np.random.Generator,
-) -> tuple[dict[str, Any], np.ndarray]:
-    """All ensemble metrics: ens[M, T, H, W], truth[T, H, W], a_ens[M, T, *obs], y[T, *obs].
-
-    Returns (metrics dict, per-point fair CRPS[T, H, W]). The spectrum error is added by
-    :func:`evaluate` from the spectra it computes once for the ensemble, baseline and truth.
-    """
-    crps = metrics.crps_fair(ens, truth)
-    es = _chunked(metrics.energy_score, ens, truth)
-    out: dict[str, Any] = {"crps": float(crps.mean())}
-    out.update(metrics.ensemble_mean_errors(ens, truth))
-    out["spread"] = float(np.sqrt(ens.var(axis=0, ddof=1).mean()))
-    out["spread_skill_ratio"] = metrics.spread_skill_ratio(ens, truth)
-    for level in COVERAGE_LEVELS:
-        out[f"coverage_{round(level * 100)}"] = metrics.interval_coverage(ens, truth, level)
-    out["energy_score"] = float(es.mean())
-    out["reobs_chi2"] = metrics.reobs_chi2(a_ens, y, noise_std)
-    out["rank_histogram"] = metrics.rank_histogram(ens, truth, rng).tolist()
-    out["spread_skill_bins"] = metrics.spread_skill_bins(ens, truth)
-    return out, crps
-
-
-def score_deterministic(
-    pred: np.ndarray, truth: np.ndarray, a_pred: np.ndarray, y: np.ndarray, noise_std: float
-) -> dict[str, Any]:
-    """The ensemble metrics of a point prediction pred[T, H, W] (a one-member ensemble).
-
-    CRPS = MAE, no spread (spread and spread-skill ratio 0, a degenerate interval covers
-    nothing); rank histogram and spread bins do not apply (None).
-    """
-    ens = pred[None]
-    out: dict[str, Any] = {"crps": float(metrics.crps_deterministic(pred, truth).mean())}
-    out.update(metrics.ensemble_mean_errors(ens, truth))
-    out["spread"] = 0.0
-    out["spread_skill_ratio"] = 0.0
-    for level in COVERAGE_LEVELS:
-        out[f"coverage_{round(level * 100)}"] = metrics.interval_coverage(ens, truth, level)
-    out["energy_score"] = float(metrics.energy_score(ens, truth).mean())
-    out["reobs_chi2"] = metrics.reobs_chi2(a_pred[None], y, noise_std)
-    out["rank_histogram"] = None
-    out["spread_skill_bins"] = None
-    return out
-
-
-def score_oracle(
-    prior_dict: dict[str, Any],
-    op: ObservationOperator,
-    noise_std: float,
-    ens: np.ndarray,
-    truth: np.ndarray,
-    y: np.ndarray,
-) -> dict[str, Any]:
-    """Ensemble vs the exact Gaussian posterior (``sgm.core.gaussian.exact_posterior``).
-
-    ens[M, T, H, W], truth[T, H, W], y[T, *obs]; see ``metrics.oracle_metrics``.
-    """
-    from sgm.core.gaussian import GaussianRandomField, exact_posterior
-
-    if noise_std <= 0:
-        return {"skipped": "the exact posterior needs a positive noise std"}
-    prior = GaussianRandomField.from_dict(prior_dict)
-    if prior.shape != op.grid:
-        raise ValueError(f"Gaussian prior grid {prior.shape} differs from the fields' {op.grid}")
-    m, t = ens.shape[:2]
-    mean, cov = exact_posterior(prior, op.matrix(), noise_std, y.reshape(t, -1))
-    std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
-    return metrics.oracle_metrics(ens.reshape(m, t, -1), mean, std, truth.reshape(t, -1))
-
-
-def _spectra(ens: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> dict[str, list[float]]:
-    """Radially averaged spectra averaged over time (and members): k and P for each source."""
-    k, p_truth = metrics.radial_power_spectrum(truth)
-    _, p_ens = metrics.radial_power_spectrum(ens)
-    _, p_base = metrics.radial_power_spectrum(pred)
-    return {
-        "k": k.tolist(),
-        "k_units": "cycles per grid cell",
-        "truth": p_truth.mean(axis=0).tolist(),
-        "ensemble": p_ens.mean(axis=(0, 1)).tolist(),
-        "baseline": p_base.mean(axis=0).tolist(),
-    }
+def _positions(ds: xr.Dataset, times: xr.DataArray) -> np.ndarray:
+    """Indices of ``times`` along the time axis of ``ds``."""
+    return ds.indexes["time"].get_indexer(times.values)
 
 
 def _maps(
@@ -177,23 +73,6 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def select_test_times(
-    fields: xr.Dataset, post: xr.Dataset, posterior_path: str | Path = "posterior"
-) -> xr.DataArray:
-    """The posterior's times that are in the fields' test split; all test times must be there."""
-    test = fields["time"].values[np.asarray(fields["split"].values) == "test"]
-    have = set(post["time"].values)
-    missing = [t for t in test if t not in have]
-    if len(test) == 0:
-        raise ValueError("the fields have no test split to evaluate")
-    if missing:
-        raise ValueError(
-            f"{posterior_path}: {len(missing)} of the {len(test)} test times have no posterior "
-            "member (re-run sampling)"
-        )
-    return post["time"].sel(time=list(test))
-
-
 def evaluate(
     fields_path: str | Path,
     obs_path: str | Path,
@@ -206,67 +85,66 @@ def evaluate(
 
     ``seed`` drives the rank histogram's random tie breaking. Returns the metrics dict written.
     """
-    fields, obs, post = open_store(fields_path), open_store(obs_path), open_store(posterior_path)
-    variables = json_attr(fields, "sgm_variables")
-    grid = (int(fields.sizes["lat"]), int(fields.sizes["lon"]))
+    fields, obs_store, post = (open_store(fields_path), open_store(obs_path),
+                               open_store(posterior_path))
+    variables = layout.variables_of(fields)
     for dim in ("lat", "lon"):
         if post.sizes[dim] != fields.sizes[dim] or not np.allclose(post[dim], fields[dim]):
             raise ValueError(f"{posterior_path}: {dim} grid differs from {fields_path}")
-    op_cfg = json_attr(obs, "sgm_operator")
-    op = build_operator(op_cfg, grid)
-    noise = json_attr(obs, "sgm_noise_std")
-    prior = (
-        json_attr(fields, "sgm_gaussian_prior") if "sgm_gaussian_prior" in fields.attrs else None
-    )
+    description = layout.observation_description(obs_store)
+    obs = ObservationModel.from_dict(description)
+    prior = (GaussianRandomField.from_dict(json_attr(fields, layout.GAUSSIAN_PRIOR))
+             if layout.GAUSSIAN_PRIOR in fields.attrs else None)
     rng = np.random.default_rng(seed)
-    times = select_test_times(fields, post, posterior_path)
+    times = layout.test_times(fields, post, posterior_path)
 
     result: dict[str, Any] = {
-        "spec": fields.attrs.get("sgm_spec"),
+        "spec": fields.attrs.get(layout.SPEC),
         "provenance": {
-            key: json_attr(post, key)
-            for key in ("sgm_spec", "sgm_model_hash", "sgm_sampler", "sgm_seed")
-            if key in post.attrs
+            key: json_attr(post, key) for key in layout.PROVENANCE_KEYS if key in post.attrs
         },
-        "operator": op_cfg,
-        "noise_std": noise,
-        "obs_seed": json_attr(obs, "sgm_seed") if "sgm_seed" in obs.attrs else None,
+        "operator": description["operator"],
+        "noise_std": description["noise_std"],
+        "obs_seed": json_attr(obs_store, layout.OBS_SEED)
+        if layout.OBS_SEED in obs_store.attrs else None,
         "evaluate_seed": seed,
         "variables": {},
     }
     maps: dict[str, Any] = {}
-    for var in variables:
-        truth = fields[var].sel(time=times).transpose("time", "lat", "lon").values
-        y = obs[var].sel(time=times).transpose("time", *op.obs_dims).values.astype(np.float64)
-        ens = post[var].transpose("member", "time", "lat", "lon").values.astype(np.float64)
-        truth = truth.astype(np.float64)
-        for name, values in (("truth", truth), ("posterior", ens), ("observations", y)):
-            if not np.isfinite(values).all():
-                raise ValueError(f"{var}: the {name} contain NaN or infinite values")
-        if ens.shape[1:] != truth.shape:
-            raise ValueError(
-                f"{var}: posterior shape {ens.shape} does not match truth {truth.shape}"
-            )
-        eta = float(noise[var])
-        pred = op.baseline(torch.as_tensor(y)).numpy()
+    truth_all = layout.stack(fields, variables, _positions(fields, times)).astype(np.float64)
+    y_all = layout.stack(obs_store, variables, _positions(obs_store, times)).astype(np.float64)
+    ens_all = np.stack([post[v].sel(time=times).transpose("member", "time", "lat", "lon").values
+                        for v in variables], axis=2).astype(np.float64)  # [M, T, C, H, W]
+    for name, values in (("truth", truth_all), ("posterior", ens_all), ("observations", y_all)):
+        if not np.isfinite(values).all():
+            raise ValueError(f"the {name} contain NaN or infinite values")
+    if ens_all.shape[1:] != truth_all.shape:
+        raise ValueError(f"posterior shape {ens_all.shape} does not match truth "
+                         f"{truth_all.shape}")
+    pred_all = obs.baseline(torch.as_tensor(y_all)).numpy()
+    a_ens_all = obs.apply(torch.as_tensor(ens_all)).numpy()
+    a_pred_all = obs.apply(torch.as_tensor(pred_all)).numpy()
+    for c, var in enumerate(variables):
+        truth, y, ens, pred = truth_all[:, c], y_all[:, c], ens_all[:, :, c], pred_all[:, c]
+        eta = obs.noise[var]
         units = str(fields[var].attrs.get("units", ""))
-        ens_scores, crps = score_ensemble(ens, truth, _apply(op, ens), y, eta, rng)
-        base_scores = score_deterministic(pred, truth, _apply(op, pred), y, eta)
-        spectra = _spectra(ens, truth, pred)
+        ens_scores, crps = score_ensemble(ens, truth, a_ens_all[:, :, c], y, eta, rng)
+        base_scores = score_deterministic(pred, truth, a_pred_all[:, c], y, eta)
+        spec_ = spectra(ens, truth, pred)
         for scores, key in ((ens_scores, "ensemble"), (base_scores, "baseline")):
             scores["spectrum_error"] = metrics.log_spectral_distance(
-                np.asarray(spectra[key]), np.asarray(spectra["truth"])
+                np.asarray(spec_[key]), np.asarray(spec_["truth"])
             )
         entry: dict[str, Any] = {
             "units": units,
             "n_times": int(truth.shape[0]),
             "n_members": int(ens.shape[0]),
             "ensemble": ens_scores,
-            "baseline": {"name": BASELINE_NAMES.get(op.name, op.name), **base_scores},
-            "spectra": spectra,
+            "baseline": {"name": obs.baseline_name, **base_scores},
+            "spectra": spec_,
         }
         if prior is not None:
-            entry["oracle"] = score_oracle(prior, op, eta, ens, truth, y)
+            entry["oracle"] = score_oracle(prior, obs.matrix(), eta, ens, truth, y)
         result["variables"][var] = entry
         maps.update(_maps(var, ens, truth, pred, crps, units))
         log.info(
@@ -283,7 +161,8 @@ def evaluate(
     maps_ds = xr.Dataset(maps, coords=coords)
     metrics_path, maps_path = Path(metrics_path), Path(maps_path)
     write_store(
-        maps_ds, maps_path, attrs={"sgm_spec": result["spec"] or "", "sgm_n_times": int(times.size)}
+        maps_ds, maps_path,
+        attrs={layout.SPEC: result["spec"] or "", layout.N_TIMES: int(times.size)},
     )
     try:
         atomic_write_text(metrics_path, text)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from sgm.io import layout
 from sgm.io.stores import open_store, write_store
 
 
@@ -17,6 +18,6 @@ def gather_shards(shard_paths: list[str | Path], out: str | Path) -> Path:
     ds = xr.concat(parts, dim="time").sortby("obs_index")
     if len(np.unique(ds.obs_index.values)) != ds.sizes["time"]:
         raise ValueError("posterior shards overlap in time")
-    attrs = {k: v for k, v in parts[0].attrs.items() if k not in ("sgm_complete", "sgm_shard")}
+    attrs = {k: v for k, v in parts[0].attrs.items() if k not in (layout.COMPLETE, layout.SHARD)}
     ds.attrs = {}
-    return write_store(ds.load(), out, attrs={**attrs, "sgm_shard": json.dumps([0, 1])})
+    return write_store(ds.load(), out, attrs={**attrs, layout.SHARD: json.dumps([0, 1])})

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import cftime
 import dask
@@ -24,33 +23,30 @@ import xarray as xr
 from dask.diagnostics import ProgressBar
 
 from sgm.config import SPLITS, DataSpec, GaussianFieldSource, StaticField, Variable, load_spec
-from sgm.io.grid import crop_to_factor, same_grid, select_region
+from sgm.core.gaussian import GaussianRandomField
+from sgm.core.observation import ObservationModel
+from sgm.io import layout
+from sgm.io.grid import same_grid
+from sgm.io.paired import build_paired
 from sgm.io.sources import (
     CHUNK_BYTES,
     MissingSourceError,
     SourceError,
     bounded_reading,
+    compute,
     describe,
+    place,
     read_field,
     source_paths,
+    where_of,
 )
 from sgm.io.stores import write_store
 
 log = logging.getLogger(__name__)
 
 
-def compute(*objects: Any, where: str = "source") -> tuple:
-    """Compute dask-backed objects together (sources read once), converting read failures."""
-    try:
-        return dask.compute(*objects, scheduler="synchronous")
-    except (OSError, RuntimeError) as exc:
-        raise SourceError(f"{where}: reading failed ({exc.__class__.__name__}: {exc})") from exc
-
-
 def _synthetic(src: GaussianFieldSource, var: Variable) -> tuple[xr.DataArray, dict]:
     """A stationary Gaussian random field drawn with a fixed seed (the oracle's data)."""
-    from sgm.core.gaussian import GaussianRandomField
-
     field = GaussianRandomField(
         tuple(src.shape), src.length_scale, src.nu, src.variance, src.mean
     )
@@ -62,23 +58,10 @@ def _synthetic(src: GaussianFieldSource, var: Variable) -> tuple[xr.DataArray, d
         coords={"time": times, "lat": np.arange(src.shape[0], dtype=float),
                 "lon": np.arange(src.shape[1], dtype=float)},
         name=var.name,
-        attrs={"units": src.units, "long_name": "Gaussian random field", "sgm_source": "synthetic"},
+        attrs={"units": src.units, "long_name": "Gaussian random field",
+               layout.SOURCE: "synthetic"},
     )
     return da, field.to_dict()
-
-
-def where_of(da: xr.DataArray) -> str:
-    """The prefix ``<source files>: variable '<name>'`` of messages about a field."""
-    return f"{da.attrs.get('sgm_source', 'source')}: variable {da.name!r}"
-
-
-def place(da: xr.DataArray, spec: DataSpec) -> xr.DataArray:
-    """The spec's region, then a crop that divides the coarsening factor."""
-    if spec.region is not None:
-        da = select_region(da, spec.region.lat, spec.region.lon, spec.longitudes, where_of(da))
-    if spec.operator.kind == "coarsen":
-        da = crop_to_factor(da, spec.operator.factor)
-    return da
 
 
 def _clean_attrs(attrs: dict) -> dict:
@@ -97,7 +80,7 @@ def _read_targets(spec: DataSpec, spec_dir: Path | None) -> tuple[list[xr.DataAr
     for var in spec.variables:
         source = var.source or spec.source
         if source.synthetic is not None:
-            da, attrs["sgm_gaussian_prior"] = _synthetic(source.synthetic, var)
+            da, attrs[layout.GAUSSIAN_PRIOR] = _synthetic(source.synthetic, var)
         else:
             paths = source_paths(source, spec_dir, describe(var))
             da = place(read_field(paths, var, spec.longitudes), spec)
@@ -107,10 +90,10 @@ def _read_targets(spec: DataSpec, spec_dir: Path | None) -> tuple[list[xr.DataAr
             dim = same_grid(first, da)
             if dim is not None:
                 raise SourceError(f"{where_of(da)}: has a {dim} grid that differs from that of "
-                                  f"variable {first.name!r} ({first.attrs['sgm_source']})")
+                                  f"variable {first.name!r} ({first.attrs[layout.SOURCE]})")
             if not np.array_equal(first.time.values, da.time.values):
                 raise SourceError(f"{where_of(da)}: has time steps that differ from those of "
-                                  f"variable {first.name!r} ({first.attrs['sgm_source']})")
+                                  f"variable {first.name!r} ({first.attrs[layout.SOURCE]})")
             da = da.assign_coords(lat=first.lat, lon=first.lon)
         arrays.append(da.rename(var.name))
     return arrays, attrs
@@ -149,7 +132,7 @@ def _fill_and_stats(
                 f"({100 * fraction:.3g} % of the selected fields) but the spec allows at most "
                 f"{100 * var.max_missing_fraction:g} % ({key}.max_missing_fraction)"
             )
-        attrs = dict(da.attrs, sgm_missing_filled=n_missing)
+        attrs = dict(da.attrs, **{layout.MISSING_FILLED: n_missing})
         da = da.where(np.isfinite(da))
         (climatology,) = compute(da.isel(time=train).mean("time", dtype=np.float64),
                                  where=where_of(da))
@@ -199,11 +182,11 @@ def build_fields(spec: DataSpec, spec_dir: Path | None = None) -> xr.Dataset:
         labels = spec.splits.labels(first.time.values)
     except ValueError as exc:
         raise SourceError(f"{where_of(first)}: {exc}") from None
-    points = getattr(spec.operator, "points", None) or []
-    outside = [p for p in points if p[0] >= first.sizes["lat"] or p[1] >= first.sizes["lon"]]
-    if outside:
-        raise SourceError(f"{where_of(first)}: operator.points {list(outside[0])} lies outside "
-                          f"the {first.sizes['lat']}x{first.sizes['lon']} grid")
+    try:  # the observation model must fit the grid (stations inside it, points on it, ...)
+        ObservationModel.from_dict({**spec.observation(), "grid": {
+            "lat": first.lat.values.tolist(), "lon": first.lon.values.tolist()}})
+    except ValueError as exc:
+        raise SourceError(f"{where_of(first)}: operator: {exc}") from None
     used = np.flatnonzero(labels != "")
     labels = labels[used]
     train = as_index(np.flatnonzero(labels == "train"))
@@ -225,16 +208,16 @@ def build_fields(spec: DataSpec, spec_dir: Path | None = None) -> xr.Dataset:
     ds = xr.Dataset(fields).assign_coords(split=("time", labels.astype(object)))
     ds.lat.attrs.update(standard_name="latitude", units="degrees_north")
     ds.lon.attrs.update(standard_name="longitude", units="degrees_east")
-    ds.attrs.update(
-        sgm_spec=spec.name,
-        sgm_variables=[v.name for v in spec.variables],
-        sgm_static=static,
-        sgm_normalisation=normalisation,
-        sgm_longitudes=spec.longitudes,
-        Conventions="CF-1.8",
-        title=spec.description or spec.name,
+    ds.attrs.update({
+        layout.SPEC: spec.name,
+        layout.VARIABLES: [v.name for v in spec.variables],
+        layout.STATIC: static,
+        layout.NORMALISATION: normalisation,
+        layout.LONGITUDES: spec.longitudes,
+        "Conventions": "CF-1.8",
+        "title": spec.description or spec.name,
         **attrs,
-    )
+    })
     return ds
 
 
@@ -266,8 +249,6 @@ def ingest(
     ``paired.zarr`` beside ``out``), written before ``out`` so that ``out`` exists only when
     both are complete.
     """
-    from sgm.stages.paired import build_paired
-
     spec_path, out = Path(spec_path), Path(out)
     spec = load_spec(spec_path)
     # The progress bar shows on stderr (the rule's log) when a pass over the data takes > 2 s.
@@ -278,5 +259,5 @@ def ingest(
         log.info("ingest %s: %s, grid %s×%s, splits %s", spec.name, list(ds.data_vars),
                  ds.sizes["lat"], ds.sizes["lon"], counts)
         if paired is not None:
-            _write(paired, Path(paired_out) if paired_out else out.with_name("paired.zarr"))
+            _write(paired, Path(paired_out) if paired_out else layout.paired_path(out))
         return _write(ds, out)

@@ -1,125 +1,22 @@
 """Stage ``report``: stores + ``metrics.json`` + ``loss.csv`` → one self-contained HTML page.
 
-The page is meant for an analyst: provenance, a table of the ensemble's and the baseline's
-scores with what each one means, maps of a few test times (truth, observation, posterior mean,
-spread, members, exceedance probability), the calibration diagnostics (rank histogram,
-spread-skill), radially averaged power spectra, the Gaussian oracle's scores when present and the
-training loss. The figures are drawn by ``report_figures`` and the page is assembled and written
-by ``report_page.Page`` (base64 PNGs, no external requests, nothing written if a step fails).
+Reads the test times' truth, observations and members that the maps show and hands them, with
+the metrics, to :func:`sgm.report.posterior.write_posterior_report`. Nothing is written if a
+step fails.
 """
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import xarray as xr
 
-from sgm.core.operators import build_operator
-from sgm.io.stores import json_attr, open_store
-from sgm.stages.evaluate import select_test_times
-from sgm.stages.report_figures import (
-    loss_figure,
-    map_rows,
-    maps_figure,
-    obs_positions,
-    rank_histogram_figure,
-    spectra_figure,
-    spread_skill_figure,
-)
-from sgm.stages.report_page import (
-    Page,
-    fmt,
-    generated,
-    header_html,
-    period,
-    threshold_text,
-    time_label,
-)
-
-# One metric per line (a trailing backslash continues it):
-# key | label | target ("lower", the ideal value or "-") | meaning and what good is.
-_METRICS = """
-crps | CRPS | lower | Continuous ranked probability score (fair estimator), in the variable's \
-units; for the deterministic baseline it equals its MAE. Lower is better.
-rmse | RMSE of the mean | lower | Root-mean-square error of the ensemble mean. Lower is better.
-mae | MAE of the mean | lower | Mean absolute error of the ensemble mean. Lower is better.
-bias | Bias of the mean | 0 | Mean of (ensemble mean − truth). 0 is best.
-spread | Spread | - | Root mean ensemble variance; should match the RMSE of the mean.
-spread_skill_ratio | Spread/skill | 1 | √((M+1)/M)·spread / RMSE. 1 = calibrated; < 1 \
-over-confident (too little spread), > 1 under-confident.
-coverage_50 | 50 % coverage | 0.5 | Fraction of truths inside the ensemble's central 50 % \
-interval. Good: 0.5.
-coverage_90 | 90 % coverage | 0.9 | Fraction of truths inside the central 90 % interval. \
-Good: 0.9, but M members reach at most (M−1)/(M+1).
-energy_score | Energy score | lower | Multivariate CRPS of each whole field (fair). Lower is better.
-spectrum_error | Spectrum error | 0 | Mean |log10 P_forecast(k) − log10 P_truth(k)| over \
-wavenumbers: 0 = realistic spatial variability; smooth fields score high.
-reobs_chi2 | Re-observation χ² | 1 | mean (A(x) − y)² / η²: ≈ 1 = consistent with the \
-observations and their noise; ≫ 1 ignores them, ≪ 1 over-fits their noise.
-"""
-_ORACLE = """
-mean_error_over_std | Mean error / std | - | RMS(ensemble mean − exact mean) / mean exact std; \
-Monte-Carlo noise alone gives ≈ 1/√M.
-std_ratio_mean | Std ratio (mean) | 1 | Ensemble std / exact std per pixel, averaged. Good: 1.
-std_ratio_q05 | Std ratio (5 %) | 1 | 5 % quantile over pixels of that ratio.
-std_ratio_q95 | Std ratio (95 %) | 1 | 95 % quantile over pixels of that ratio.
-exact_interval_coverage | Exact-interval coverage | 0.9 | Fraction of members inside the exact \
-central 90 % interval. Good: 0.9.
-crps_ratio | CRPS ratio | 1 | Fair CRPS of the ensemble / expected CRPS of the exact posterior \
-(σ/√π). ≥ 1 in expectation; 1 is optimal.
-"""
-
-
-def _rows(table: str) -> list[tuple[str, str, str | float | None, str]]:
-    """Parse a metric table above into (key, label, target, meaning) tuples."""
-    out = []
-    for line in table.strip().splitlines():
-        key, label, target, meaning = (part.strip() for part in line.split(" | ", 3))
-        goal = None if target == "-" else target if target == "lower" else float(target)
-        out.append((key, label, goal, meaning))
-    return out
-
-
-METRIC_ROWS = _rows(_METRICS)
-ORACLE_ROWS = _rows(_ORACLE)
-INTRO = (
-    "<p>Scores compare the posterior ensemble with a deterministic interpolation of the "
-    "observations (the baseline) on the test times, in physical units. In the tables, "
-    "<b>bold</b> marks the better of the two where a better value is defined.</p>"
-)
-def _metrics_table(e: dict) -> str:
-    ens, base = e["ensemble"], e["baseline"]
-    out = [
-        f"<table><tr><th>Metric</th><th>Ensemble ({e['n_members']} members)</th>"
-        f"<th>Baseline ({html.escape(base['name'])})</th><th>Meaning</th></tr>"
-    ]
-    for key, label, target, expl in METRIC_ROWS:
-        a, b = ens.get(key), base.get(key)
-        best = None
-        if isinstance(a, float) and isinstance(b, float) and target is not None and a != b:
-            da, db = (a, b) if target == "lower" else (abs(a - target), abs(b - target))
-            best = 0 if da < db else 1 if db < da else None
-        cells = "".join(
-            f"<td class='num{' best' if best == i else ''}'>{fmt(v)}</td>"
-            for i, v in enumerate((a, b))
-        )
-        out.append(f"<tr><th>{label}</th>{cells}<td class='expl'>{html.escape(expl)}</td></tr>")
-    return "".join(out) + "</table>"
-
-
-def _oracle_table(o: dict) -> str:
-    if "skipped" in o:
-        return f"<p>Exact posterior not computed: {html.escape(o['skipped'])}.</p>"
-    rows = "".join(
-        f"<tr><th>{label}</th><td class='num'>{fmt(o.get(key))}</td>"
-        f"<td class='expl'>{html.escape(expl)}</td></tr>"
-        for key, label, _, expl in ORACLE_ROWS
-    )
-    return f"<table><tr><th>Metric</th><th>Value</th><th>Meaning</th></tr>{rows}</table>"
+from sgm.io import layout
+from sgm.io.stores import open_store
+from sgm.report.figures import map_rows
+from sgm.report.page import period, time_label
+from sgm.report.posterior import MapGrid, MapRows, write_posterior_report
 
 
 def report(
@@ -141,80 +38,24 @@ def report(
     """
     fields, obs, post = open_store(fields_path), open_store(obs_path), open_store(posterior_path)
     m = json.loads(Path(metrics_path).read_text())
-    loss_csv = Path(loss_csv)
-    lat, lon = fields["lat"].values, fields["lon"].values
-    op = build_operator(json_attr(obs, "sgm_operator"), (lat.size, lon.size))
-    obs_pos = obs_positions(op, obs, lat, lon)
-    times = select_test_times(fields, post, posterior_path)
+    lat, lon = layout.grid_coords(fields)
+    times = layout.test_times(fields, post, posterior_path)
     t_idx = map_rows(times.size, n_maps)
-    labels = [time_label(t) for t in times.values[t_idx]]
-    page = Page()
-
-    entries: dict[str, dict] = m["variables"]
-    for var, e in entries.items():
+    sel = times.isel(time=t_idx)
+    maps = {}
+    for var in m["variables"]:
         truth_all = fields[var].sel(time=times).transpose("time", "lat", "lon").values
         thr = float(np.percentile(truth_all, 90)) if threshold is None else float(threshold)
-        sel = times.isel(time=t_idx)
-        ens = post[var].sel(time=sel).transpose("member", "time", "lat", "lon").values
-        y = obs[var].sel(time=sel).transpose("time", *op.obs_dims).values
-        page.add_html(
-            f"<h2>{html.escape(var)} [{html.escape(e['units'])}]</h2>"
-            f"<p>{e['n_times']} test times, {e['n_members']} members.</p>" + _metrics_table(e)
+        maps[var] = MapRows(
+            truth=truth_all[t_idx],
+            y=obs[var].sel(time=sel).values,
+            ens=post[var].sel(time=sel).transpose("member", "time", "lat", "lon").values,
+            threshold=thr,
+            default_threshold=threshold is None,
         )
-        fig = maps_figure(var, e["units"], lat, lon, truth_all[t_idx], y, obs_pos, ens, labels, thr)
-        page.add_figure(
-            f"maps_{var}.png",
-            fig,
-            "One row per test time. Truth, observation (on its own grid), posterior mean and "
-            "members share the colour scale of their row; the posterior std has its own scale; "
-            "the last panel is the fraction of members above the threshold "
-            f"{threshold_text(thr, e['units'], threshold is None, 'the test truth')}, with "
-            "the truth's threshold contour in black.",
-        )
-        if "oracle" in e:
-            page.add_html(
-                "<h3>Gaussian oracle: ensemble vs exact posterior</h3>" + _oracle_table(e["oracle"])
-            )
-
-    page.add_html("<h2>Calibration and spatial structure</h2>")
-    page.add_figure(
-        "rank_histogram.png",
-        rank_histogram_figure(entries),
-        "Rank of the truth among the members at every test pixel. Flat (dashed line) is "
-        "calibrated; U-shaped means too little spread, ∩-shaped too much, sloped a bias.",
-    )
-    page.add_figure(
-        "spread_skill.png",
-        spread_skill_figure(entries),
-        "Pixels binned by ensemble spread; RMSE of the ensemble mean per bin. A calibrated "
-        "ensemble lies on the dashed diagonal: its spread predicts its error.",
-    )
-    page.add_figure(
-        "spectra.png",
-        spectra_figure(entries),
-        "Radially averaged power spectra, averaged over test times (and members). Members "
-        "should follow the truth at all scales; smooth interpolation loses power at small "
-        "scales (high k), blocky fills gain it.",
-    )
-    page.add_html("<h2>Training</h2>")
-    page.add_figure("loss.png", loss_figure(loss_csv),
-                    f"Denoising loss per step from {loss_csv.name}.")
-
-    spec = m.get("spec") or post.attrs.get("sgm_spec", "?")
+    first = next(iter(m["variables"]))
+    grid = MapGrid(lat, lon, layout.observation_positions(obs, first),
+                   [time_label(t) for t in times.values[t_idx]])
+    spec = m.get("spec") or post.attrs.get(layout.SPEC, "?")
     title = title or f"sgm posterior report — {spec}"
-    return page.write(out_html, title, header_html(title, _provenance(m, spec, times), INTRO))
-
-
-def _provenance(m: dict, spec: str, times: xr.DataArray) -> dict[str, Any]:
-    """The provenance list of the page: where the data, the model and the sampler come from."""
-    prov = m.get("provenance", {})
-    return {
-        "Data spec": spec,
-        "Model hash": prov.get("sgm_model_hash", "—"),
-        "Sampler": json.dumps(prov.get("sgm_sampler", "—")),
-        "Sampling seed": prov.get("sgm_seed", "—"),
-        "Operator": json.dumps(m.get("operator")),
-        "Noise std": json.dumps(m.get("noise_std")),
-        "Test period": period(times.values),
-        "Generated": generated(),
-    }
+    return write_posterior_report(out_html, m, maps, grid, loss_csv, title, period(times.values))

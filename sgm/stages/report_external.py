@@ -1,17 +1,12 @@
 """Stage ``report-external``: external ``obs.zarr`` + ``posterior.zarr`` → one HTML page.
 
-External observations (``sgm.stages.external``) have no truth, so this page cannot score skill
-or calibration. It shows what can be shown without truth: maps of the observation, the
-posterior mean, spread, members and exceedance probabilities for a few times; the domain-mean
-posterior over time against the domain-mean observation; the ensemble spread map; and
-re-observation consistency, χ² per degree of freedom of A(member) against y with the stored
-noise std, overall and per time. The page is assembled and written like the evaluation report's
-(``report_page.Page``).
+Reads the observations and members, re-observes the members with the stored observation model
+and hands the summaries to :func:`sgm.report.external.write_external_report` (a page without
+truth: maps, spread, re-observation consistency).
 """
 
 from __future__ import annotations
 
-import html
 import json
 from pathlib import Path
 from typing import Any
@@ -20,81 +15,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sgm.core import metrics
-from sgm.core.operators import build_operator
+from sgm.core.observation import ObservationModel
+from sgm.io import layout
 from sgm.io.stores import json_attr, open_store
-from sgm.stages.report_figures import (
-    domain_mean_figure,
-    map_rows,
-    maps_figure,
-    obs_positions,
-    reobs_chi2_figure,
-    spread_map_figure,
-)
-from sgm.stages.report_page import (
-    Page,
-    fmt,
-    generated,
-    header_html,
-    period,
-    threshold_text,
-    time_label,
-    unit_suffix,
-)
-
-INTRO = (
-    "<p>These observations come from a file the model was not trained on, and there is no "
-    "truth for them: this page cannot score skill or calibration (the report on the test "
-    "years does). It shows the posterior ensemble, its spread, and whether its members "
-    "reproduce the observations they were conditioned on.</p>"
-)
-CHI2_TEXT = (
-    "Re-observation consistency: every member x<sub>m</sub> is observed again with the "
-    "noise-free operator, and χ²/dof is the mean over members and observed values of "
-    "(A(x<sub>m</sub>) − y)² / η², with η the observation noise std stored with the model "
-    "({eta}). Members consistent with the observation give ≈ 1: they differ from y by about "
-    "the observation noise, as the truth would. ≫ 1 means they ignore or contradict y (for "
-    "example a climate far from the training data); ≪ 1 that they copy its noise. Block means "
-    "computed without noise (as <code>sgm coarsen-file</code> makes them) give about the same "
-    "value when η is small against the variability of the coarse fields."
-)
-
-
-def variable_summary(
-    ens: np.ndarray, y: np.ndarray, a_ens: np.ndarray, eta: float
-) -> dict[str, Any]:
-    """Everything the page shows of one variable: ens[M, T, H, W], y[T, *obs], a_ens[M, T, *obs].
-
-    Returns domain means (members [M, T], obs [T]), the spread map [H, W] and its root mean,
-    χ²/dof overall and per time [T], and the number of observed values per time.
-    """
-    n_times = ens.shape[1]
-    return {
-        "members": ens.mean(axis=(2, 3)),
-        "obs": y.reshape(n_times, -1).mean(axis=1),
-        "spread": np.sqrt(ens.var(axis=0, ddof=1).mean(axis=0)),
-        "spread_mean": float(np.sqrt(ens.var(axis=0, ddof=1).mean())),
-        "overall": metrics.reobs_chi2(a_ens, y, eta),
-        "chi2": np.array([metrics.reobs_chi2(a_ens[:, t], y[t], eta) for t in range(n_times)]),
-        "n_obs": int(y[0].size),
-    }
-
-
-def _summary_table(entries: dict[str, dict]) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(var)}</th><td class='num'>{e['chi2'].size}</td>"
-        f"<td class='num'>{e['members'].shape[0]}</td>"
-        f"<td class='num'>{fmt(e['spread_mean'])}{html.escape(unit_suffix(e['units']))}</td>"
-        f"<td class='num'>{fmt(e['overall'])}</td>"
-        f"<td class='num'>{fmt(float(e['chi2'].min()))} – {fmt(float(e['chi2'].max()))}</td></tr>"
-        for var, e in entries.items()
-    )
-    return (
-        "<table><tr><th>Variable</th><th>Times</th><th>Members</th><th>Spread</th>"
-        "<th>Re-observation χ²/dof</th><th>χ²/dof per time (min – max)</th></tr>"
-        f"{rows}</table><p class='expl'>Spread: the square root of the mean member variance "
-        "over all grid cells and times. Ideal χ²/dof: 1.</p>"
-    )
+from sgm.report.external import variable_summary, write_external_report
+from sgm.report.figures import map_rows
+from sgm.report.page import generated, period, time_label
+from sgm.report.posterior import MapGrid, MapRows
 
 
 def report_external(
@@ -111,85 +38,53 @@ def report_external(
     variable's units, the same for all variables) defaults per variable to the 90th percentile
     of the posterior means. Returns the path of the HTML file.
     """
-    obs, post = open_store(obs_path), open_store(posterior_path)
-    lat, lon = post["lat"].values, post["lon"].values
-    op = build_operator(json_attr(obs, "sgm_operator"), (lat.size, lon.size))
-    noise = json_attr(obs, "sgm_noise_std")
+    obs_store, post = open_store(obs_path), open_store(posterior_path)
+    obs = ObservationModel.from_dict(layout.observation_description(obs_store))
+    lat, lon = layout.grid_coords(post)
     index = post["obs_index"].values if "obs_index" in post.coords else None
-    sub = obs.isel(time=index) if index is not None else obs.sel(time=post["time"].values)
+    sub = obs_store.isel(time=index) if index is not None else obs_store.sel(
+        time=post["time"].values)
     times = post["time"].values
     labels = [time_label(t) for t in times]
     rows = map_rows(times.size, n_maps)
-    obs_pos = obs_positions(op, obs, lat, lon)
-    page = Page()
+    variables = [str(v) for v in post.data_vars]
     entries: dict[str, dict] = {}
-    for var in map(str, post.data_vars):
-        units, eta = str(post[var].attrs.get("units", "")), float(noise[var])
+    maps: dict[str, MapRows] = {}
+    for var in variables:
+        units = str(post[var].attrs.get("units", ""))
         ens = post[var].transpose("member", "time", "lat", "lon").values.astype(np.float64)
-        y = sub[var].transpose("time", *op.obs_dims).values.astype(np.float64)
+        y = sub[var].transpose("time", *obs.obs_dims).values.astype(np.float64)
         for name, values in (("posterior", ens), ("observations", y)):
             if not np.isfinite(values).all():
                 raise ValueError(f"{var}: the {name} contain NaN or infinite values")
-        a_ens = op.apply(torch.as_tensor(ens)).numpy()
-        entries[var] = {"units": units, **variable_summary(ens, y, a_ens, eta)}
+        a_ens = obs.operator.apply(torch.as_tensor(ens)).numpy()
+        entries[var] = {"units": units, **variable_summary(ens, y, a_ens, obs.noise[var])}
         mean_field = ens.mean(axis=0)
         thr = float(np.percentile(mean_field, 90)) if threshold is None else float(threshold)
-        page.add_html(f"<h2>{html.escape(var)} [{html.escape(units)}]</h2>")
-        page.add_figure(
-            f"maps_{var}.png",
-            maps_figure(var, units, lat, lon, None, y[rows], obs_pos, ens[:, rows],
-                        [labels[i] for i in rows], thr),
-            "One row per time. Observation (on its own grid), posterior mean and members share "
-            "the colour scale of their row; the posterior std has its own scale; the last panel "
-            "is the fraction of members above the threshold "
-            f"{threshold_text(thr, units, threshold is None, 'the posterior means')}.",
-        )
-
-    page.add_html("<h2>Spread and consistency with the observations</h2>"
-                  + _summary_table(entries))
-    page.add_figure(
-        "domain_mean.png",
-        domain_mean_figure(entries, labels),
-        "Domain mean (unweighted mean over grid cells) per time: the mean over members (line) "
-        "and the 5–95 % range of the members (band, a 90 % band) against the domain mean of the "
-        "observation (dots). For block averages the two means are directly comparable: a member "
-        "consistent with y differs from it by about η/√n (n observed values).",
-    )
-    page.add_figure(
-        "spread_map.png",
-        spread_map_figure(entries, lat, lon),
-        "Ensemble spread per grid cell: the square root of the time-mean member variance. It "
-        "shows where the fine-scale field is uncertain given the coarse observation; whether it "
-        "matches the actual error needs truth (see the report on the test years).",
-    )
-    eta_text = ", ".join(f"{v}: {fmt(float(noise[v]))}{unit_suffix(e['units'])}"
-                         for v, e in entries.items())
-    page.add_figure(
-        "reobs_chi2.png",
-        reobs_chi2_figure(entries, labels),
-        CHI2_TEXT.format(eta=html.escape(eta_text)) + " Per time, the grey band 1 ± 2√(2/n) "
-        "is the ~95 % range of one consistent member's χ²/dof (n observed values per time); "
-        "the mean over members varies less.",
-    )
-
-    spec = post.attrs.get("sgm_spec") or obs.attrs.get("sgm_spec", "?")
-    source = obs.attrs.get("sgm_source_file", "?")
+        maps[var] = MapRows(None, y[rows], ens[:, rows], thr, threshold is None)
+    grid = MapGrid(lat, lon, layout.observation_positions(obs_store, variables[0]),
+                   [labels[i] for i in rows])
+    spec = post.attrs.get(layout.SPEC) or obs_store.attrs.get(layout.SPEC, "?")
+    source = obs_store.attrs.get(layout.SOURCE_FILE, "?")
     title = title or f"sgm posterior for external observations — {spec}, {Path(source).name}"
-    return page.write(out_html, title, header_html(title, _provenance(obs, post, times), INTRO))
+    return write_external_report(out_html, entries, maps, grid, labels, obs.noise, title,
+                                 _provenance(obs_store, post, times))
 
 
 def _provenance(obs: xr.Dataset, post: xr.Dataset, times: np.ndarray) -> dict[str, Any]:
     """The provenance list: the observations' file, the model and the sampler."""
+    description = layout.observation_description(obs)
     return {
-        "Data spec": post.attrs.get("sgm_spec", "—"),
-        "Observations file": obs.attrs.get("sgm_source_file", "—"),
-        "Time slice": obs.attrs.get("sgm_time_slice", "all times"),
-        "Model hash": post.attrs.get("sgm_model_hash", "—"),
-        "Model step": post.attrs.get("sgm_model_step", "—"),
-        "Sampler": post.attrs.get("sgm_sampler", "—"),
-        "Sampling seed": post.attrs.get("sgm_seed", "—"),
-        "Operator": json.dumps(json_attr(obs, "sgm_operator")),
-        "Noise std": json.dumps(json_attr(obs, "sgm_noise_std")),
+        "Data spec": post.attrs.get(layout.SPEC, "—"),
+        "Observations file": obs.attrs.get(layout.SOURCE_FILE, "—"),
+        "Time slice": json_attr(obs, layout.TIME_SLICE) if layout.TIME_SLICE in obs.attrs
+        else "all times",
+        "Model hash": post.attrs.get(layout.MODEL_HASH, "—"),
+        "Model step": post.attrs.get(layout.MODEL_STEP, "—"),
+        "Sampler": post.attrs.get(layout.SAMPLER, "—"),
+        "Sampling seed": post.attrs.get(layout.SAMPLE_SEED, "—"),
+        "Operator": json.dumps(description["operator"]),
+        "Noise std": json.dumps(description["noise_std"]),
         "Period": period(times),
         "Generated": generated(),
     }

@@ -20,17 +20,15 @@ from tqdm import tqdm
 
 from sgm import __version__
 from sgm.config import SampleSettings, validate
-from sgm.core.operators import build_operator
+from sgm.core.conditioning import ResidualTarget, Standardiser, conditioning
+from sgm.core.device import pick_device
+from sgm.core.observation import ObservationModel
+from sgm.core.precond import new_denoiser
 from sgm.core.sampler import edm_sampler, member_seed
 from sgm.core.schedule import karras_sigmas
-from sgm.io.stores import json_attr, open_store, write_store
-from sgm.stages.conditioning import (
-    ResidualTarget,
-    Standardiser,
-    conditioning,
-    stack_variables,
-)
-from sgm.stages.modelfile import file_hash, pick_device, read_model
+from sgm.io import layout
+from sgm.io.modelfile import file_hash, read_model
+from sgm.io.stores import open_store, write_store
 
 log = logging.getLogger(__name__)
 
@@ -97,35 +95,34 @@ def sample_stage(
     """Draw the posterior ensemble for the ``split`` times of ``obs.zarr`` (``all``: every time)."""
     cfg: SampleSettings = validate(SampleSettings, settings, "--settings")
     device = pick_device(cfg.device)
-    precond, meta = read_model(model_path, device)
-    obs = open_store(obs_path)
+    weights, meta = read_model(model_path)
+    m = meta["model"]
+    precond = new_denoiser(m["preset"], int(meta["in_channels"]), int(meta["out_channels"]),
+                           m["sigma_data"], m["base_channels"], m["dropout"])
+    precond.load_state_dict(weights)
+    precond = precond.to(device).eval()
+    obs_store = open_store(obs_path)
+    obs = ObservationModel.from_dict(meta["observation"])
     variables = list(meta["variables"])
-    missing = [v for v in variables if v not in obs.data_vars]
+    missing = [v for v in variables if v not in obs_store.data_vars]
     if missing:
         raise ValueError(f"{obs_path}: variable(s) {missing} missing; the model needs {variables}")
-    grid = (len(meta["grid"]["lat"]), len(meta["grid"]["lon"]))
-    op = build_operator(meta["operator"], grid)
-    expected = op.obs_shape(grid)
-    for v in variables:
-        if tuple(obs[v].shape[1:]) != tuple(expected):
-            raise ValueError(
-                f"{obs_path}: variable {v!r} has shape {tuple(obs[v].shape[1:])} per time but the"
-                f" model's operator {op} observes {tuple(expected)}"
-            )
+    observed = layout.observation_description(obs_store)["operator"]
+    if observed != obs.operator.to_dict():
+        raise ValueError(f"{obs_path}: its observations were made with {observed}, but the "
+                         f"model {model_path} was trained for {obs.operator.to_dict()}")
 
-    index = np.arange(obs.sizes["time"])
-    if split != "all":
-        index = index[(obs.split == split).values]
+    index = layout.split_index(obs_store, split)
     index = index[shard_times(len(index), *shard)]
     stats = Standardiser.from_dict(meta["normalisation"], variables)
-    y = stats.forward(stack_variables(obs.isel(time=index), variables))
-    cond = conditioning(op, y, meta["static"])
+    y = stats.forward(torch.from_numpy(layout.stack(obs_store, variables, index)))
+    cond = conditioning(obs, y, meta["static"])
     log.info("sample %s: %d times × %d members, %d steps, churn %s, on %s",
              meta["spec"], len(index), cfg.members, cfg.steps, cfg.churn, device)
 
     z = draw_members(precond, cond, index, cfg, device, progress)  # [T, M, C, H, W]
     if meta.get("residual_scale") is not None:
-        target = ResidualTarget(op, torch.tensor(meta["residual_scale"]))
+        target = ResidualTarget(obs, torch.tensor(meta["residual_scale"]))
         members = z.flatten(0, 1)
         y_rep = y.repeat_interleave(cfg.members, dim=0)
         z = target.inverse(members, y_rep).view(z.shape)
@@ -138,7 +135,7 @@ def sample_stage(
     ds = xr.Dataset(
         data,
         coords={
-            "time": obs.time.values[index],
+            "time": obs_store.time.values[index],
             "member": np.arange(cfg.members),
             "lat": ("lat", lat, dict(meta["lat_attrs"])),
             "lon": ("lon", lon, dict(meta["lon_attrs"])),
@@ -146,14 +143,14 @@ def sample_stage(
         },
     )
     attrs = {
-        "sgm_spec": meta["spec"],
-        "sgm_model_hash": file_hash(model_path),
-        "sgm_model_step": int(meta["step"]),
-        "sgm_sampler": json.dumps({"name": "edm_heun", **cfg.model_dump()}, sort_keys=True),
-        "sgm_seed": cfg.seed,
-        "sgm_shard": json.dumps(list(shard)),
-        "sgm_split": split,
-        "sgm_version": __version__,
-        "sgm_obs_operator": json.dumps(json_attr(obs, "sgm_operator")),
+        layout.SPEC: meta["spec"],
+        layout.MODEL_HASH: file_hash(model_path),
+        layout.MODEL_STEP: int(meta["step"]),
+        layout.SAMPLER: json.dumps({"name": "edm_heun", **cfg.model_dump()}, sort_keys=True),
+        layout.SAMPLE_SEED: cfg.seed,
+        layout.SHARD: json.dumps(list(shard)),
+        layout.SPLIT: split,
+        layout.VERSION: __version__,
+        layout.OBSERVATION: obs_store.attrs[layout.OBSERVATION],
     }
     return write_store(ds, out, attrs=attrs)

@@ -1,46 +1,62 @@
-"""Stage ``train``: ``fields.zarr`` + the spec's operator → ``model.pt`` and ``loss.csv``.
+"""Stage ``train``: ``fields.zarr`` + the observation model of ``obs.zarr`` → ``model.pt`` and
+``loss.csv``.
 
-Training pairs are made on the fly: every batch draws fresh observation noise, so the model
-sees y = A(x) + η·ε for new ε at every step. Checkpoints and the loss log live in ``workdir``
-(undeclared to Snakemake), so a killed job resumes where it stopped.
+Training pairs are made on the fly: every batch draws fresh observation noise from the
+observation model, so the model sees y = A(x) + η·ε for new ε at every step. Checkpoints and
+the loss log live in ``workdir`` (undeclared to Snakemake), so a killed job resumes where it
+stopped.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import xarray as xr
 
 from sgm.config import ModelEntry, load_spec, validate
 from sgm.core import training
-from sgm.core.network import count_parameters
-from sgm.core.operators import build_operator
-from sgm.io.stores import json_attr, open_store
-from sgm.stages.conditioning import (
+from sgm.core.conditioning import (
     ResidualTarget,
     Standardiser,
-    noisy_observation,
     pack_paired,
     paired_observations,
     residual_scale,
+    simulate_observations,
     simulated_observations,
-    stack_variables,
     static_channels,
     training_pairs,
 )
-from sgm.stages.modelfile import new_precond, write_model
-from sgm.stages.observe import grid_of, paired_path
+from sgm.core.network import count_parameters
+from sgm.core.observation import ObservationModel
+from sgm.core.precond import new_denoiser
+from sgm.io import layout
+from sgm.io.losslog import run_files
+from sgm.io.modelfile import write_model
+from sgm.io.stores import json_attr, open_store
 
 log = logging.getLogger(__name__)
+
+
+def _static(fields: xr.Dataset, stats: Standardiser, climatology: bool) -> torch.Tensor:
+    """The static conditioning channels of ``fields.zarr`` (climatology, covariates)."""
+    clim = None
+    if climatology:
+        train = layout.split_index(fields, "train")
+        clim = torch.from_numpy(layout.stack(fields, stats.variables, train)).mean(dim=0)
+    names, values, cov_stats = layout.static_arrays(fields)
+    covariates = None if values is None else torch.from_numpy(values)
+    cov_standardiser = Standardiser.from_dict(cov_stats, names) if names else None
+    grid = (fields.sizes["lat"], fields.sizes["lon"])
+    return static_channels(stats, grid, clim, covariates, cov_standardiser)
 
 
 def train_stage(
     spec_path: str | Path,
     fields_path: str | Path,
+    obs_path: str | Path,
     out: str | Path,
     settings: dict[str, Any],
     workdir: str | Path | None = None,
@@ -51,40 +67,39 @@ def train_stage(
     entry: ModelEntry = validate(ModelEntry, settings, "--settings")
     spec = load_spec(spec_path)
     fields = open_store(fields_path)
-    variables = [v.name for v in spec.variables]
-    stats = Standardiser.from_dict(json_attr(fields, "sgm_normalisation"), variables)
-    op = build_operator(spec.operator_dict(), grid_of(fields))
-    train_index = np.flatnonzero((fields.split == "train").values)
-    z = stats.forward(stack_variables(fields.isel(time=train_index), variables))
-    static = static_channels(fields, stats, spec.conditioning.climatology)
-    noise_std = {v: spec.operator.noise_std for v in variables}
+    obs = ObservationModel.from_dict(layout.observation_description(open_store(obs_path)))
+    variables = list(obs.variables)
+    stats = Standardiser.from_dict(json_attr(fields, layout.NORMALISATION), variables)
+    train_index = layout.split_index(fields, "train")
+    z = stats.forward(torch.from_numpy(layout.stack(fields, variables, train_index)))
+    static = _static(fields, stats, spec.conditioning.climatology)
     channels = len(variables)
     if spec.paired is not None:  # real coarse fields, aligned in time with the targets
-        paired = open_store(paired_path(fields_path)).isel(time=train_index)
-        y = stats.forward(stack_variables(paired, variables))
-        observer = paired_observations(op, channels)
-        data = pack_paired(op, z, y)
+        paired = open_store(layout.paired_path(fields_path))
+        y = stats.forward(torch.from_numpy(layout.stack(paired, variables, train_index)))
+        observer = paired_observations(obs, channels)
+        data = pack_paired(obs, z, y)
     else:
-        eta = stats.noise(noise_std)
-        y = noisy_observation(op, z, eta, torch.Generator().manual_seed(entry.train.seed))
-        observer = simulated_observations(op, eta)
+        y = simulate_observations(obs, stats, z, torch.Generator().manual_seed(entry.train.seed))
+        observer = simulated_observations(obs, stats)
         data = z
     target = None
     if entry.model.target == "residual":
-        target = ResidualTarget(op, residual_scale(op, z, y))
+        target = ResidualTarget(obs, residual_scale(obs, z, y))
         log.info("target: residual from the %s baseline, std %s (standardised units)",
-                 op.name, [round(float(v), 4) for v in target.scale])
-    make_pair = training_pairs(op, observer, static, target)
+                 obs.baseline_name, [round(float(v), 4) for v in target.scale])
+    make_pair = training_pairs(obs, observer, static, target)
 
-    in_channels = channels + channels * op.cond_channels + static.shape[0]
-    precond = new_precond(entry.model, in_channels, channels)
+    in_channels = channels + channels * obs.cond_channels + static.shape[0]
+    m = entry.model
+    precond = new_denoiser(m.preset, in_channels, channels, m.sigma_data, m.base_channels,
+                           m.dropout)
     log.info("train %s: %d fields of %s, %s, %d parameters, %d steps at batch %d",
-             spec.name, z.shape[0], tuple(z.shape[1:]), op, count_parameters(precond),
+             spec.name, z.shape[0], tuple(z.shape[1:]), obs, count_parameters(precond),
              entry.train.steps, entry.train.batch_size)
 
     workdir = Path(workdir) if workdir is not None else out.parent / "train_state"
-    core_settings = training.TrainSettings(**entry.train.model_dump())
-    result = training.train(precond, data, make_pair, core_settings, workdir, log=log,
+    result = training.train(precond, data, make_pair, entry.train, *run_files(workdir), log=log,
                             progress=progress)
     if result is None:  # a non-zero rank of a multi-process run: rank 0 writes the model
         return out
@@ -92,8 +107,7 @@ def train_stage(
         "spec": spec.name,
         "variables": variables,
         "normalisation": stats.to_dict(),
-        "operator": op.to_dict(),
-        "noise_std": noise_std,
+        "observation": obs.to_dict(),
         "grid": {"lat": fields.lat.values.tolist(), "lon": fields.lon.values.tolist()},
         "lat_attrs": {k: str(v) for k, v in fields.lat.attrs.items()},
         "lon_attrs": {k: str(v) for k, v in fields.lon.attrs.items()},
@@ -103,10 +117,11 @@ def train_stage(
         "model": entry.model.model_dump(),
         "in_channels": in_channels,
         "out_channels": channels,
-        "train": dataclasses.asdict(core_settings),
+        "train": entry.train.model_dump(),
         "step": int(result.step),
         "final_loss": float(result.final_loss),
     }
-    write_model(out, result.ema, meta)
+    write_model(out, result.ema.state_dict(), meta)
     log.info("wrote %s (step %d, final loss %.4f)", out, result.step, result.final_loss)
     return out
+

@@ -4,7 +4,7 @@ import shlex
 
 # Bump when the meaning of a stage's output changes (see STAGE_VERSION in common.smk); sampling
 # is the sample stage itself and uses its version.
-EXTERNAL_STAGE_VERSION = {"coarsen": "1", "observe": "1", "report": "1"}
+EXTERNAL_STAGE_VERSION = {"coarsen": "1", "observe": "2", "report": "1"}
 PACKAGE_PREFIX = "package:"
 
 

@@ -9,6 +9,7 @@ rule train:
     input:
         spec=spec_file,
         fields=f"{RESULTS}/{{spec}}/fields.zarr",
+        obs=f"{RESULTS}/{{spec}}/obs.zarr",
     output:
         model=f"{RESULTS}/{{spec}}/{{model}}/model.pt",
         loss=f"{RESULTS}/{{spec}}/{{model}}/loss.csv",
@@ -29,7 +30,8 @@ rule train:
     shell:
         # $sgm is `sgm`, or torchrun with one process per GPU when the job has several
         f"{TRAIN_LAUNCHER}$sgm train --threads $threads --spec {{input.spec}}"
-        " --fields {input.fields} --out {output.model} --workdir {params.workdir}"
+        " --fields {input.fields} --obs {input.obs} --out {output.model}"
+        " --workdir {params.workdir}"
         " --settings {params.settings} > {log} 2>&1"
         " && cp {params.workdir}/loss.csv {output.loss}"
 

@@ -1,7 +1,8 @@
 """The figures of the report pages, drawn with matplotlib's Agg canvas (no display needed).
 
 Each function takes arrays (or the metrics of ``metrics.json``) and returns a
-:class:`~matplotlib.figure.Figure`; the pages in ``report`` and ``report_external`` embed them.
+:class:`~matplotlib.figure.Figure`; the pages of :mod:`sgm.report.posterior` and
+:mod:`sgm.report.external` embed them.
 Maps put latitude up and longitude across on the data's own coordinates.
 """
 
@@ -11,15 +12,12 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import torch
-import xarray as xr
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from sgm.core.operators import ObservationOperator
-from sgm.stages.report_page import fmt
+from sgm.report.page import fmt
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -38,23 +36,6 @@ def _edges(c: np.ndarray) -> tuple[float, float]:
 def _squared(units: str) -> str:
     """'K²', '(m s-1)²'; '1' for dimensionless."""
     return "1" if units in ("", "1") else f"({units})²" if " " in units else f"{units}²"
-
-
-def obs_positions(
-    op: ObservationOperator, obs: xr.Dataset, lat: np.ndarray, lon: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(lat, lon)[*obs_shape] of every observation.
-
-    Observations on the target grid (dims lat, lon) sit on it; otherwise the ``obs_lat`` /
-    ``obs_lon`` coordinates of obs.zarr are used, or else A applied to the lat/lon grids (block
-    centres for coarsening, the points themselves for sparse observations).
-    """
-    lat2d, lon2d = np.meshgrid(lat, lon, indexing="ij")
-    if op.obs_dims == ("lat", "lon"):
-        return lat2d, lon2d
-    if "obs_lat" in obs.coords and "obs_lon" in obs.coords:
-        return tuple(obs[c].transpose(*op.obs_dims).values for c in ("obs_lat", "obs_lon"))
-    return tuple(op.apply(torch.as_tensor(g, dtype=torch.float64)).numpy() for g in (lat2d, lon2d))
 
 
 def map_rows(n_times: int, n_maps: int) -> np.ndarray:

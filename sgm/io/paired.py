@@ -15,8 +15,8 @@ import numpy as np
 import xarray as xr
 
 from sgm.config import DataSpec, FieldRef
-from sgm.io.sources import SourceError, describe, read_field, source_paths
-from sgm.stages.ingest import compute, where_of
+from sgm.io import layout
+from sgm.io.sources import SourceError, compute, describe, read_field, source_paths, where_of
 
 
 def block_centres(values: np.ndarray, factor: int) -> np.ndarray:
@@ -69,7 +69,7 @@ def build_paired(spec: DataSpec, spec_dir: Path | None, fields: xr.Dataset) -> x
     assert spec.paired is not None and spec.operator.kind == "coarsen"
     factor = spec.operator.factor
     data = {}
-    for name in fields.attrs["sgm_variables"]:
+    for name in layout.variables_of(fields):
         ref = _ref(spec, name)
         paths = source_paths(spec.paired.source, spec_dir, describe(ref))
         da = read_field(paths, ref, spec.longitudes)
@@ -84,10 +84,10 @@ def build_paired(spec: DataSpec, spec_dir: Path | None, fields: xr.Dataset) -> x
         attrs = {k: v for k, v in da.attrs.items() if isinstance(v, str | int | float)}
         data[name] = da.drop_vars("time").rename(name).assign_attrs(attrs)
     ds = xr.Dataset(data).assign_coords(time=fields.time, split=fields.split)
-    ds.attrs.update(
-        sgm_spec=spec.name,
-        sgm_variables=list(data),
-        sgm_paired_factor=factor,
-        title=f"{spec.description or spec.name}: paired low-resolution fields",
-    )
+    ds.attrs.update({
+        layout.SPEC: spec.name,
+        layout.VARIABLES: list(data),
+        layout.PAIRED_FACTOR: factor,
+        "title": f"{spec.description or spec.name}: paired low-resolution fields",
+    })
     return ds

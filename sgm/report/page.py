@@ -1,9 +1,10 @@
 """The HTML page of a report: formatting, embedded figures, provenance, an atomic write.
 
-Both report pages (``report`` with truth, ``report_external`` without) are built with
-:class:`Page`: sections and figures are collected in memory, figures are embedded as base64 PNG
-(no external requests) and also written as PNG files next to the HTML, and the HTML is written
-to a temporary sibling and moved into place, so a failure leaves no page behind.
+Both report pages (:mod:`sgm.report.posterior` with truth, :mod:`sgm.report.external` without)
+are built with :class:`Page`: sections and figures are collected in memory, figures are
+embedded as base64 PNG (no external requests) and also written as PNG files next to the HTML,
+and the HTML is written to a temporary sibling and moved into place, so a failure leaves no page
+behind.
 """
 
 from __future__ import annotations

@@ -1,0 +1,46 @@
+"""The loss log ``loss.csv``: one row per ``log_every`` training steps.
+
+The file store of ``sgm.core.training.LossLog``. A resumed run first drops the rows after the
+step it resumes from (an atomic rewrite), then appends; a row is one complete line, so a killed
+writer leaves at most one partial last line, which the next restart drops.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sgm.core.training import LossRow
+from sgm.io.atomic import atomic_write_text
+from sgm.io.checkpoint import CheckpointFolder
+
+LOSS_HEADER = "step,loss,sigma_median,lr,wall_s"
+
+
+class LossCSV:
+    """Rows ``step,loss,sigma_median,lr,wall_s`` in a CSV file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def restart(self, step: int) -> None:
+        """Keep the header and the complete rows with step ≤ ``step`` (atomic rewrite)."""
+        rows = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines(keepends=True)[1:]:
+                fields = line.rstrip("\n").split(",")
+                if line.endswith("\n") and len(fields) == 5 and fields[0].isdigit():
+                    if int(fields[0]) <= step:
+                        rows.append(line)
+        atomic_write_text(self.path, LOSS_HEADER + "\n" + "".join(rows))
+
+    def append(self, row: LossRow) -> None:
+        with self.path.open("a") as f:
+            f.write(f"{row.step},{row.loss:.9g},{row.sigma_median:.9g},{row.lr:.9g},"
+                    f"{row.wall_s:.3f}\n")
+
+
+def run_files(workdir: str | Path) -> tuple[CheckpointFolder, LossCSV]:
+    """The checkpoint folder and the loss log of a training run kept in ``workdir``
+    (``checkpoints/`` and ``loss.csv``)."""
+    workdir = Path(workdir)
+    return CheckpointFolder(workdir / "checkpoints"), LossCSV(workdir / "loss.csv")

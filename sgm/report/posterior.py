@@ -1,0 +1,214 @@
+"""The evaluation report: scores of the ensemble and the baseline, maps of a few test times,
+calibration diagnostics, spectra, the Gaussian oracle's scores when present, the training loss.
+
+The page is meant for an analyst: provenance, a table of the ensemble's and the baseline's
+scores with what each one means, maps (truth, observation, posterior mean, spread, members,
+exceedance probability), the rank histogram and spread-skill, radially averaged power spectra.
+Everything here works on arrays and the metrics of ``metrics.json``; the ``report`` stage reads
+the stores. Figures come from :mod:`sgm.report.figures`, the page from :class:`Page`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgm.report.figures import (
+    loss_figure,
+    maps_figure,
+    rank_histogram_figure,
+    spectra_figure,
+    spread_skill_figure,
+)
+from sgm.report.page import Page, fmt, generated, header_html, threshold_text
+
+
+@dataclass(frozen=True)
+class MapRows:
+    """What the maps of one variable show, one row per mapped time.
+
+    truth[R, H, W] (None without truth), y[R, *obs], ens[M, R, H, W]; the exceedance
+    threshold, and whether it is the default (the 90th percentile of ``threshold_of``).
+    """
+
+    truth: np.ndarray | None
+    y: np.ndarray
+    ens: np.ndarray
+    threshold: float
+    default_threshold: bool
+
+
+@dataclass(frozen=True)
+class MapGrid:
+    """The grid of the maps: lat[H], lon[W], the observations' (lat, lon)[*obs], row labels."""
+
+    lat: np.ndarray
+    lon: np.ndarray
+    obs_pos: tuple[np.ndarray, np.ndarray]
+    labels: list[str]
+
+
+# One metric per line (a trailing backslash continues it):
+# key | label | target ("lower", the ideal value or "-") | meaning and what good is.
+_METRICS = """
+crps | CRPS | lower | Continuous ranked probability score (fair estimator), in the variable's \
+units; for the deterministic baseline it equals its MAE. Lower is better.
+rmse | RMSE of the mean | lower | Root-mean-square error of the ensemble mean. Lower is better.
+mae | MAE of the mean | lower | Mean absolute error of the ensemble mean. Lower is better.
+bias | Bias of the mean | 0 | Mean of (ensemble mean − truth). 0 is best.
+spread | Spread | - | Root mean ensemble variance; should match the RMSE of the mean.
+spread_skill_ratio | Spread/skill | 1 | √((M+1)/M)·spread / RMSE. 1 = calibrated; < 1 \
+over-confident (too little spread), > 1 under-confident.
+coverage_50 | 50 % coverage | 0.5 | Fraction of truths inside the ensemble's central 50 % \
+interval. Good: 0.5.
+coverage_90 | 90 % coverage | 0.9 | Fraction of truths inside the central 90 % interval. \
+Good: 0.9, but M members reach at most (M−1)/(M+1).
+energy_score | Energy score | lower | Multivariate CRPS of each whole field (fair). Lower is better.
+spectrum_error | Spectrum error | 0 | Mean |log10 P_forecast(k) − log10 P_truth(k)| over \
+wavenumbers: 0 = realistic spatial variability; smooth fields score high.
+reobs_chi2 | Re-observation χ² | 1 | mean (A(x) − y)² / η²: ≈ 1 = consistent with the \
+observations and their noise; ≫ 1 ignores them, ≪ 1 over-fits their noise.
+"""
+_ORACLE = """
+mean_error_over_std | Mean error / std | - | RMS(ensemble mean − exact mean) / mean exact std; \
+Monte-Carlo noise alone gives ≈ 1/√M.
+std_ratio_mean | Std ratio (mean) | 1 | Ensemble std / exact std per pixel, averaged. Good: 1.
+std_ratio_q05 | Std ratio (5 %) | 1 | 5 % quantile over pixels of that ratio.
+std_ratio_q95 | Std ratio (95 %) | 1 | 95 % quantile over pixels of that ratio.
+exact_interval_coverage | Exact-interval coverage | 0.9 | Fraction of members inside the exact \
+central 90 % interval. Good: 0.9.
+crps_ratio | CRPS ratio | 1 | Fair CRPS of the ensemble / expected CRPS of the exact posterior \
+(σ/√π). ≥ 1 in expectation; 1 is optimal.
+"""
+
+
+def _rows(table: str) -> list[tuple[str, str, str | float | None, str]]:
+    """Parse a metric table above into (key, label, target, meaning) tuples."""
+    out = []
+    for line in table.strip().splitlines():
+        key, label, target, meaning = (part.strip() for part in line.split(" | ", 3))
+        goal = None if target == "-" else target if target == "lower" else float(target)
+        out.append((key, label, goal, meaning))
+    return out
+
+
+METRIC_ROWS = _rows(_METRICS)
+ORACLE_ROWS = _rows(_ORACLE)
+INTRO = (
+    "<p>Scores compare the posterior ensemble with a deterministic interpolation of the "
+    "observations (the baseline) on the test times, in physical units. In the tables, "
+    "<b>bold</b> marks the better of the two where a better value is defined.</p>"
+)
+
+
+def _metrics_table(e: dict) -> str:
+    ens, base = e["ensemble"], e["baseline"]
+    out = [
+        f"<table><tr><th>Metric</th><th>Ensemble ({e['n_members']} members)</th>"
+        f"<th>Baseline ({html.escape(base['name'])})</th><th>Meaning</th></tr>"
+    ]
+    for key, label, target, expl in METRIC_ROWS:
+        a, b = ens.get(key), base.get(key)
+        best = None
+        if isinstance(a, float) and isinstance(b, float) and target is not None and a != b:
+            da, db = (a, b) if target == "lower" else (abs(a - target), abs(b - target))
+            best = 0 if da < db else 1 if db < da else None
+        cells = "".join(
+            f"<td class='num{' best' if best == i else ''}'>{fmt(v)}</td>"
+            for i, v in enumerate((a, b))
+        )
+        out.append(f"<tr><th>{label}</th>{cells}<td class='expl'>{html.escape(expl)}</td></tr>")
+    return "".join(out) + "</table>"
+
+
+def _oracle_table(o: dict) -> str:
+    if "skipped" in o:
+        return f"<p>Exact posterior not computed: {html.escape(o['skipped'])}.</p>"
+    rows = "".join(
+        f"<tr><th>{label}</th><td class='num'>{fmt(o.get(key))}</td>"
+        f"<td class='expl'>{html.escape(expl)}</td></tr>"
+        for key, label, _, expl in ORACLE_ROWS
+    )
+    return f"<table><tr><th>Metric</th><th>Value</th><th>Meaning</th></tr>{rows}</table>"
+
+
+def write_posterior_report(
+    out_html: str | Path,
+    metrics: dict[str, Any],
+    maps: dict[str, MapRows],
+    grid: MapGrid,
+    loss_csv: str | Path,
+    title: str,
+    test_period: str,
+) -> Path:
+    """Write the evaluation report ``out_html`` (and its figures as PNG files beside it)."""
+    loss_csv = Path(loss_csv)
+    page = Page()
+    entries: dict[str, dict] = metrics["variables"]
+    for var, e in entries.items():
+        rows = maps[var]
+        page.add_html(
+            f"<h2>{html.escape(var)} [{html.escape(e['units'])}]</h2>"
+            f"<p>{e['n_times']} test times, {e['n_members']} members.</p>" + _metrics_table(e)
+        )
+        fig = maps_figure(var, e["units"], grid.lat, grid.lon, rows.truth, rows.y, grid.obs_pos,
+                          rows.ens, grid.labels, rows.threshold)
+        thr = threshold_text(rows.threshold, e["units"], rows.default_threshold, "the test truth")
+        page.add_figure(
+            f"maps_{var}.png",
+            fig,
+            "One row per test time. Truth, observation (on its own grid), posterior mean and "
+            "members share the colour scale of their row; the posterior std has its own scale; "
+            "the last panel is the fraction of members above the threshold "
+            f"{thr}, with the truth's threshold contour in black.",
+        )
+        if "oracle" in e:
+            page.add_html(
+                "<h3>Gaussian oracle: ensemble vs exact posterior</h3>" + _oracle_table(e["oracle"])
+            )
+
+    page.add_html("<h2>Calibration and spatial structure</h2>")
+    page.add_figure(
+        "rank_histogram.png",
+        rank_histogram_figure(entries),
+        "Rank of the truth among the members at every test pixel. Flat (dashed line) is "
+        "calibrated; U-shaped means too little spread, ∩-shaped too much, sloped a bias.",
+    )
+    page.add_figure(
+        "spread_skill.png",
+        spread_skill_figure(entries),
+        "Pixels binned by ensemble spread; RMSE of the ensemble mean per bin. A calibrated "
+        "ensemble lies on the dashed diagonal: its spread predicts its error.",
+    )
+    page.add_figure(
+        "spectra.png",
+        spectra_figure(entries),
+        "Radially averaged power spectra, averaged over test times (and members). Members "
+        "should follow the truth at all scales; smooth interpolation loses power at small "
+        "scales (high k), blocky fills gain it.",
+    )
+    page.add_html("<h2>Training</h2>")
+    page.add_figure("loss.png", loss_figure(loss_csv),
+                    f"Denoising loss per step from {html.escape(loss_csv.name)}.")
+    header = header_html(title, _provenance(metrics, test_period), INTRO)
+    return page.write(out_html, title, header)
+
+
+def _provenance(m: dict, test_period: str) -> dict[str, Any]:
+    """The provenance list of the page: where the data, the model and the sampler come from."""
+    prov = m.get("provenance", {})
+    return {
+        "Data spec": m.get("spec") or prov.get("sgm_spec", "?"),
+        "Model hash": prov.get("sgm_model_hash", "—"),
+        "Sampler": json.dumps(prov.get("sgm_sampler", "—")),
+        "Sampling seed": prov.get("sgm_seed", "—"),
+        "Operator": json.dumps(m.get("operator")),
+        "Noise std": json.dumps(m.get("noise_std")),
+        "Test period": test_period,
+        "Generated": generated(),
+    }

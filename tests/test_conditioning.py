@@ -1,0 +1,108 @@
+"""What the network sees: standardisation, conditioning channels, residual targets and the
+training pairs built from the observation model."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from sgm.core.conditioning import (
+    ResidualTarget,
+    Standardiser,
+    conditioning,
+    pack_paired,
+    paired_observations,
+    residual_scale,
+    simulate_observations,
+    simulated_observations,
+    static_channels,
+    training_pairs,
+)
+from sgm.core.observation import ObservationModel
+
+UNIT = Standardiser(("field",), (0.0,), (1.0,))
+
+
+def observation_model(operator: dict, grid: tuple[int, int], noise: float,
+                      variables: tuple[str, ...] = ("field",)) -> ObservationModel:
+    return ObservationModel.from_dict({
+        "operator": operator, "variables": list(variables),
+        "noise_std": dict.fromkeys(variables, noise),
+        "grid": {"lat": list(range(grid[0])), "lon": list(range(grid[1]))},
+    })
+
+
+def test_standardiser_round_trip() -> None:
+    st = Standardiser(("a", "b"), (280.0, 5.0), (10.0, 2.0))
+    x = torch.randn(3, 2, 4, 4) * 10 + 100
+    z = st.forward(x)
+    assert torch.allclose(z[:, 0], (x[:, 0] - 280) / 10)
+    assert torch.allclose(st.inverse(z), x, atol=1e-4)
+
+
+def test_training_pairs_observe_with_fresh_noise() -> None:
+    exact_obs = observation_model({"kind": "coarsen", "factor": 2}, (4, 4), 0.0)
+    static = torch.full((1, 4, 4), 7.0)
+    x0 = torch.randn(5, 1, 4, 4)
+    exact = conditioning(exact_obs, exact_obs.apply(x0), static)
+    assert exact.shape == (5, 2, 4, 4) and torch.all(exact[:, 1] == 7.0)
+    observer = simulated_observations(exact_obs, UNIT)
+    target, cond = training_pairs(exact_obs, observer, static, None)(
+        x0, torch.Generator().manual_seed(0))
+    assert torch.equal(target, x0) and torch.allclose(cond, exact)
+    noisy_obs = observation_model({"kind": "coarsen", "factor": 2}, (4, 4), 0.5)
+    noisy = training_pairs(noisy_obs, simulated_observations(noisy_obs, UNIT), static, None)
+    (_, a), (_, b) = (noisy(x0, torch.Generator().manual_seed(s)) for s in (0, 1))
+    assert not torch.allclose(a, b)
+    resid = (a[:, 0] - exact[:, 0]).std()
+    assert 0.3 < float(resid) < 0.7  # noise of std 0.5, replicated over 2×2 blocks
+
+
+def test_simulated_observations_are_standardised_physical_draws() -> None:
+    """Noise is drawn in physical units by the observation model, then standardised: a noise
+    std of 2 K on a variable whose std is 4 K is 0.5 in the model's units."""
+    obs = observation_model({"kind": "coarsen", "factor": 2}, (4, 4), 2.0, ("tas",))
+    st = Standardiser(("tas",), (280.0,), (4.0,))
+    z = torch.zeros(4000, 1, 4, 4)
+    y = simulate_observations(obs, st, z, torch.Generator().manual_seed(0))
+    assert abs(float(y.mean())) < 0.02
+    assert abs(float(y.std()) - 0.5) < 0.01
+
+
+def test_residual_target_round_trip_and_scale() -> None:
+    obs = observation_model({"kind": "coarsen", "factor": 4}, (8, 8), 0.1)
+    z = torch.randn(200, 1, 8, 8)
+    y = simulate_observations(obs, UNIT, z, torch.Generator().manual_seed(0))
+    scale = residual_scale(obs, z, y)
+    # white noise: the bicubic baseline of block means explains little, the residual std is ~1
+    assert 0.85 < float(scale) < 1.05
+    smooth = z.mean(dim=(2, 3), keepdim=True).expand(-1, -1, 8, 8).contiguous()
+    assert float(residual_scale(obs, smooth, obs.apply(smooth))) < 1e-4 + 1e-6
+    target = ResidualTarget(obs, scale)
+    make_pair = training_pairs(obs, simulated_observations(obs, UNIT), None, target)
+    r, cond = make_pair(z[:4], torch.Generator().manual_seed(2))
+    y = cond[:, :1, ::4, ::4]  # nearest-upsampled observation → the coarse values
+    assert torch.allclose(target.inverse(r, y), z[:4], atol=1e-5)
+
+
+def test_paired_batches_carry_their_own_observations() -> None:
+    obs = observation_model({"kind": "coarsen", "factor": 2}, (4, 6), 0.0, ("a", "b"))
+    z, y = torch.randn(3, 2, 4, 6), torch.randn(3, 2, 2, 3)
+    data = pack_paired(obs, z, y)
+    assert data.shape == (3, 4, 4, 6)
+    z_back, y_back = paired_observations(obs, 2)(data, torch.Generator())
+    assert torch.equal(z_back, z) and torch.allclose(y_back, y, atol=1e-6)
+
+
+def test_static_channels_climatology_then_covariates() -> None:
+    rng = np.random.default_rng(0)
+    tas = torch.as_tensor(rng.normal(280, 5, (4, 1, 2, 3)).astype("f4"))
+    orog = torch.arange(6.0).reshape(1, 2, 3)
+    st = Standardiser(("tas",), (280.0,), (5.0,))
+    cov = Standardiser(("static_orog",), (2.5,), (2.0,))
+    both = static_channels(st, (2, 3), tas.mean(dim=0), orog, cov)
+    assert both.shape == (2, 2, 3)
+    np.testing.assert_allclose(both[0].numpy(), (tas.mean(dim=0)[0].numpy() - 280) / 5, rtol=1e-5)
+    np.testing.assert_allclose(both[1].numpy(), (np.arange(6.0).reshape(2, 3) - 2.5) / 2)
+    assert static_channels(st, (2, 3), None, orog, cov).shape == (1, 2, 3)
+    assert static_channels(st, (2, 3)).shape == (0, 2, 3)
