@@ -10,14 +10,45 @@ naming the file, the variable and the problem, and exit status 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import sys
+import traceback
 from collections.abc import Callable
 
 from sgm import __version__
 
 log = logging.getLogger("sgm")
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line, ``sgm <command>: error: <problem>``, and exit status 1."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(1, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _count(text: str) -> int:
+    """A positive whole number (threads, shards)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not ≥ 1")
+    return value
+
+
+def _index(text: str) -> int:
+    """A whole number ≥ 0 (a shard's index)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
 
 
 def _json(text: str) -> dict:
@@ -130,10 +161,10 @@ def _report_options(sp: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="sgm", description=__doc__.splitlines()[0])
+    p = _Parser(prog="sgm", description=__doc__.splitlines()[0])
     p.add_argument("--version", action="version", version=f"sgm {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help, description=help)
@@ -156,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--settings", type=_json, default={}, help="JSON: {model: {...}, train: {...}}")
     sp.add_argument("--workdir", default=None, help="checkpoints, loss.csv (default: beside out)")
-    sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    sp.add_argument("--threads", type=_count, default=None, help="torch threads (default: all)")
     sp.add_argument("--no-progress", action="store_true")
 
     sp = add("sample", _sample, "model + obs.zarr → posterior.zarr")
@@ -165,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--settings", type=_json, default={}, help="JSON sampler settings")
     sp.add_argument("--split", default="test", help="split to sample; 'all': every time")
-    sp.add_argument("--shard", type=int, default=0)
-    sp.add_argument("--shards", type=int, default=1)
-    sp.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
+    sp.add_argument("--shard", type=_index, default=0, help="this job's shard, 0..shards-1")
+    sp.add_argument("--shards", type=_count, default=1, help="number of shards of the times")
+    sp.add_argument("--threads", type=_count, default=None, help="torch threads (default: all)")
     sp.add_argument("--no-progress", action="store_true")
 
     sp = add("gather", _gather, "posterior shards → one posterior.zarr")
@@ -216,21 +247,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def describe_error(exc: BaseException) -> str:
+    """The one line a failure is told in: the file or option and the problem.
+
+    Errors sgm raises for bad input already read so; a full disk or another operating-system
+    error is told with its file; anything else is named as unexpected.
+    """
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = exc.filename or "the output folder"
+        return f"{where}: no space left on device (disk full or quota exceeded); nothing was " \
+               "written, free space and rerun"
+    if isinstance(exc, FileNotFoundError):
+        return str(exc) if exc.filename is None else f"{exc.filename}: does not exist"
+    if isinstance(exc, PermissionError):
+        return f"{exc.filename}: permission denied"
+    if isinstance(exc, OSError):
+        return f"{exc.filename or 'file'}: {exc.strerror or exc}"
+    if isinstance(exc, ValueError):
+        return str(exc).strip() or exc.__class__.__name__
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"unexpected {exc.__class__.__name__}: {first} (rerun with -v for the traceback)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version, or a usage error (already printed)
+        return int(done.code or 0)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from sgm.config import SpecError
-    from sgm.io.sources import SourceError
-    from sgm.io.stores import IncompleteStoreError
-
     try:
         args.func(args)
-    except (SpecError, SourceError, IncompleteStoreError, FileNotFoundError) as exc:
-        print(f"sgm {args.command}: error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"sgm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure ends in one line and exit 1
+        if args.verbose:
+            traceback.print_exc()
+        print(f"sgm {args.command}: error: {describe_error(exc)}", file=sys.stderr)
         return 1
     return 0
 

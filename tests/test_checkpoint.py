@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import pickle
 from pathlib import Path
 
 import pytest
 import torch
 
 from sgm.io.checkpoint import (
+    CorruptFileError,
     list_checkpoints,
     load_latest_checkpoint,
     load_model_file,
@@ -86,7 +86,7 @@ class Payload:
 def test_load_rejects_pickled_objects(tmp_path: Path) -> None:
     path = tmp_path / "evil.pt"
     torch.save({"w": torch.zeros(1), "obj": Payload()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(CorruptFileError, match="pickled Python objects"):
         load_model_file(path)
     # ...and a checkpoint folder holding only such a file yields no state
     torch.save({"obj": Payload()}, tmp_path / "ckpt-00000001.pt")
@@ -109,3 +109,20 @@ def test_save_model_roundtrip_and_atomic_overwrite(tmp_path: Path) -> None:
     assert torch.equal(state["ema"]["w"], torch.arange(5.0))
     assert state["meta"]["step"] == 4
     assert [p.name for p in path.parent.iterdir()] == ["model.pt"]
+
+
+def test_content_hash_detects_a_flipped_bit_and_a_foreign_file(tmp_path: Path) -> None:
+    """A checkpoint whose stored tensors change by one bit fails its hash; an intact one and a
+    re-saved one load; a torch file without a hash is refused."""
+    state = {"w": torch.arange(64, dtype=torch.float32), "step": 3, "name": "x"}
+    path = save_checkpoint(state, tmp_path, 3)
+    assert torch.equal(load_model_file(path)["w"], state["w"])
+    raw = torch.load(path, weights_only=True)
+    raw["w"] = raw["w"].clone()
+    raw["w"].view(torch.int32)[17] ^= 1  # the lowest mantissa bit of one weight
+    torch.save(raw, path)  # the stored hash is now stale
+    with pytest.raises(CorruptFileError, match="fails its content hash"):
+        load_model_file(path)
+    torch.save({"w": torch.zeros(2)}, tmp_path / "plain.pt")
+    with pytest.raises(CorruptFileError, match="no content hash"):
+        load_model_file(tmp_path / "plain.pt")

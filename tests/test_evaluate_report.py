@@ -253,7 +253,7 @@ def test_evaluate_writes_nothing_on_bad_posterior(
         bad = bad.isel(time=slice(1, None))
     else:
         bad["tas"][0, 0, 0, 0] = np.nan
-    write_store(bad, paths["posterior"])
+    write_store(bad, paths["posterior"], require_finite=defect != "nan")
     with pytest.raises(ValueError, match=message):
         _run(paths, tmp_path / "out")
     assert not (tmp_path / "out").exists()

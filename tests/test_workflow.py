@@ -3,7 +3,8 @@
 One run of the whole pipeline (real HadCM3 data, a few training steps); then: every output opens
 with xarray, a second dry run has nothing to do, changing only the sampler's step count
 reruns sample → evaluate → report but not ingest, observe or train, and when one of two
-sampling shards fails, the next run samples that shard alone.
+sampling shards fails, the next run samples that shard alone. The results folder has a space
+in its name: every path in the rules' shell commands must be quoted.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.slow
 TINY = {
     "specs": ["hadcm3_tas_na"],
     "spec_dir": str(REPO / "data_specs"),
-    "results": "results",
+    "results": "my results",  # a space: every path in the rules' shell commands is quoted
     "models": {
         "tiny": {
             "model": {"preset": "tiny", "base_channels": 8},
@@ -84,7 +85,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_every_output_opens(run: Path) -> None:
-    res = run / "results" / "hadcm3_tas_na"
+    res = run / "my results" / "hadcm3_tas_na"
     fields = xr.open_zarr(res / "fields.zarr")
     obs = xr.open_zarr(res / "obs.zarr")
     post = xr.open_zarr(res / "tiny" / "posterior.zarr")
@@ -150,8 +151,8 @@ exec {sgm} "$@"
 def test_failed_shard_is_the_only_one_rerun(run: Path, tmp_path: Path) -> None:
     """With two shards of which the second fails, the rerun samples that shard alone, and the
     gathered ensemble equals the first run's one-shard ensemble."""
-    res = run / "results" / "hadcm3_tas_na" / "tiny"
-    posterior = "results/hadcm3_tas_na/tiny/posterior.zarr"
+    res = run / "my results" / "hadcm3_tas_na" / "tiny"
+    posterior = "my results/hadcm3_tas_na/tiny/posterior.zarr"
     one_shard = xr.open_zarr(run / posterior).load()
     sharded = json.loads(json.dumps(TINY))
     sharded["sample"]["shards"] = 2

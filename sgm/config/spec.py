@@ -37,8 +37,19 @@ from sgm.config.base import (
 class PackageFile(StrictModel):
     """A file shipped inside an installed Python package (found without a machine's path)."""
 
-    package: str = Field(description="Importable package name, e.g. iris_sample_data.")
-    path: str = Field(description="Path of the file inside the package.")
+    package: str = Field(
+        pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$",
+        description="Name of an installed package, e.g. iris_sample_data (found from the "
+        "installed distributions, never imported).",
+    )
+    path: str = Field(description="Relative path of the file inside the package (no '..').")
+
+    @field_validator("path")
+    @classmethod
+    def _inside(cls, v: str) -> str:
+        if not v or v.startswith("/") or ".." in v.replace("\\", "/").split("/"):
+            raise ValueError("must be a relative path inside the package, without '..'")
+        return v
 
 
 class GaussianFieldSource(StrictModel):

@@ -102,10 +102,18 @@ def new_denoiser(
     sigma_data: float = 1.0,
     base_channels: int | None = None,
     dropout: float = 0.0,
+    seed: int = 0,
 ) -> EDMPrecond:
-    """An untrained EDM-preconditioned U-Net of a preset size (``sgm.core.network.PRESETS``)."""
+    """An untrained EDM-preconditioned U-Net of a preset size (``sgm.core.network.PRESETS``).
+
+    The initial weights are drawn from a generator seeded with ``seed`` (torch's global
+    generator is forked, so the caller's random state is untouched): the same arguments give
+    bitwise the same network.
+    """
     overrides: dict[str, Any] = {"dropout": dropout}
     if base_channels is not None:
         overrides["base_channels"] = base_channels
-    return EDMPrecond(build_unet(preset, in_channels, out_channels, **overrides),
-                      sigma_data=sigma_data)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = build_unet(preset, in_channels, out_channels, **overrides)
+    return EDMPrecond(net, sigma_data=sigma_data)

@@ -278,6 +278,7 @@ def _train(
     acc = _LossLog(device)
     step, wall_before = 0, 0.0
 
+    torch.manual_seed(s.seed)  # dropout and anything else drawing from the global generator
     ckpt = checkpoints.latest()
     if ckpt is not None:
         step = int(ckpt["step"])

@@ -1,4 +1,4 @@
-"""Atomic, pickle-free checkpoint files.
+"""Atomic, pickle-free, checksummed checkpoint and model files.
 
 A file is written as: temporary file in the destination folder -> ``torch.save`` ->
 flush -> fsync -> ``os.replace`` onto the final name -> fsync of the folder. A reader
@@ -8,12 +8,19 @@ partial one, even if the writer is killed (SIGKILL, node failure). Loading uses
 data (numbers, strings, bools, None, lists, tuples, dicts) and never executes pickled
 code; :func:`save_checkpoint` and :func:`save_model` refuse anything else up front.
 
+Every file carries the SHA-256 of its content (every tensor's bytes, dtype and shape and every
+plain value, in key order) under ``sha256``, verified by :func:`load_model_file`: a file damaged
+on disk (a flipped bit, a truncated copy) is refused instead of loading wrong weights.
+
 This module knows files, not models: the caller assembles the state dict.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import pickle
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +32,8 @@ from sgm.io.atomic import atomic_write
 
 __all__ = [
     "CheckpointFolder",
+    "CorruptFileError",
+    "content_digest",
     "list_checkpoints",
     "load_latest_checkpoint",
     "load_model_file",
@@ -36,6 +45,11 @@ logger = logging.getLogger(__name__)
 
 _CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.pt$")
 _PLAIN = (int, float, bool, str, type(None), torch.Tensor)
+DIGEST_KEY = "sha256"
+
+
+class CorruptFileError(ValueError):
+    """A checkpoint or model file that cannot be read, or whose content fails its hash."""
 
 
 def _check_plain(obj: Any, where: str = "state") -> None:
@@ -57,10 +71,44 @@ def _check_plain(obj: Any, where: str = "state") -> None:
     )
 
 
+def content_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 (hex) of a plain-data state: keys in sorted order, tensors by dtype, shape and
+    bytes, other values by their JSON text (``sha256`` itself excluded)."""
+    digest = hashlib.sha256()
+
+    def walk(obj: Any, key: str) -> None:
+        if isinstance(obj, torch.Tensor):
+            t = obj.detach().cpu().contiguous()
+            digest.update(f"{key}:{t.dtype}:{tuple(t.shape)};".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(obj, Mapping):
+            keys = sorted((k for k in obj if not (key == "" and k == DIGEST_KEY)), key=str)
+            digest.update(f"{key}:dict{len(keys)};".encode())
+            for k in keys:
+                walk(obj[k], f"{key}/{k}")
+        elif isinstance(obj, list | tuple):
+            digest.update(f"{key}:list{len(obj)};".encode())
+            for i, value in enumerate(obj):
+                walk(value, f"{key}[{i}]")
+        else:
+            digest.update(f"{key}={json.dumps(obj)};".encode())
+
+    walk(state, "")
+    return digest.hexdigest()
+
+
 def _atomic_save(state: Mapping[str, Any], path: Path) -> None:
-    """torch.save ``state`` to ``path`` via temp file + fsync + os.replace."""
+    """torch.save ``state`` (with its content digest) via temp file + fsync + os.replace."""
     _check_plain(state)
-    atomic_write(path, lambda tmp: torch.save(dict(state), tmp), durable=True)
+    stamped = {**state, DIGEST_KEY: content_digest(state)}
+
+    def write(tmp: Path) -> None:
+        # Through a file object: torch.save names the archive inside after a path's file name,
+        # which would make the same state give different bytes under another (temporary) name.
+        with open(tmp, "wb") as fh:
+            torch.save(stamped, fh)
+
+    atomic_write(path, write, durable=True)
 
 
 def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
@@ -120,12 +168,27 @@ def load_model_file(path: Path) -> dict[str, Any]:
     """Load a file written by :func:`save_model`/:func:`save_checkpoint` onto the CPU.
 
     Raises:
-        pickle.UnpicklingError (or RuntimeError): the file holds pickled objects or is
-        corrupt; ``weights_only=True`` never executes them.
+        CorruptFileError: the file is empty, truncated, not a file sgm wrote, holds pickled
+            objects (``weights_only=True`` never executes them), or fails its content hash.
     """
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError:
+        raise CorruptFileError(f"{path}: holds pickled Python objects or is damaged; sgm "
+                               "loads only tensors and plain data") from None
+    except Exception as exc:  # noqa: BLE001 - any failure to unpickle means a bad file
+        raise CorruptFileError(f"{path}: not a readable sgm file ({exc.__class__.__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else 'no detail'})"
+                               ) from None
     if not isinstance(state, dict):
-        raise TypeError(f"{path} holds a {type(state).__name__}, expected a dict")
+        raise CorruptFileError(f"{path}: holds a {type(state).__name__}, not an sgm file")
+    if DIGEST_KEY not in state:
+        raise CorruptFileError(f"{path}: has no content hash (not written by this sgm)")
+    if content_digest(state) != state[DIGEST_KEY]:
+        raise CorruptFileError(f"{path}: fails its content hash; the file is damaged")
     return state
 
 

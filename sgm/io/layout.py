@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from sgm.io.stores import COMPLETE_ATTR, json_attr
+from sgm.io.stores import COMPLETE_ATTR, StoreError, json_attr
 
 # Attribute keys.
 COMPLETE = COMPLETE_ATTR
@@ -53,6 +53,27 @@ N_TIMES = "sgm_n_times"
 PROVENANCE_KEYS = (SPEC, MODEL_HASH, SAMPLER, SAMPLE_SEED)
 
 EXTERNAL_SPLIT = "external"
+
+
+def spec_of(ds: xr.Dataset) -> str | None:
+    """The data spec a store belongs to (None if it does not say)."""
+    value = ds.attrs.get(SPEC)
+    return None if value is None else str(value)
+
+
+def check_same_spec(expected: str, named: dict[str, str | None]) -> None:
+    """Every store (path → its spec) belongs to ``expected``; else one sentence naming it."""
+    for path, spec in named.items():
+        if spec is not None and spec != expected:
+            raise StoreError(f"{path}: belongs to data spec {spec!r}, not {expected!r}; "
+                             "inputs of one run must come from one spec")
+
+
+def check_split(ds: xr.Dataset, split: str, path: str | Path) -> None:
+    """``split`` is 'all' or one of the store's splits; else one sentence listing them."""
+    have = sorted(set(np.asarray(ds["split"].values).tolist()))
+    if split != "all" and split not in have:
+        raise StoreError(f"--split {split!r}: {path} has the splits {', '.join(have)} (or all)")
 
 
 def paired_path(fields_path: str | Path) -> Path:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from sgm.core.training import LossRow
 from sgm.io.atomic import atomic_write_text
 from sgm.io.checkpoint import CheckpointFolder
@@ -44,3 +46,27 @@ def run_files(workdir: str | Path) -> tuple[CheckpointFolder, LossCSV]:
     (``checkpoints/`` and ``loss.csv``)."""
     workdir = Path(workdir)
     return CheckpointFolder(workdir / "checkpoints"), LossCSV(workdir / "loss.csv")
+
+
+def read_loss_csv(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The (step[N], loss[N]) rows of a loss log; ValueError naming the file and the line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (expected a training loss log)") from None
+    if not lines or lines[0].strip() != LOSS_HEADER:
+        raise ValueError(f"{path}: line 1: not a training loss log (expected the header "
+                         f"{LOSS_HEADER})")
+    steps, losses = [], []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.split(",")
+        try:
+            steps.append(int(fields[0]))
+            losses.append(float(fields[1]))
+        except (ValueError, IndexError):
+            raise ValueError(f"{path}: line {number}: not a row of numbers ({line[:40]!r})"
+                             ) from None
+    if not steps:
+        raise ValueError(f"{path}: has no training steps")
+    return np.asarray(steps, dtype=float), np.asarray(losses)

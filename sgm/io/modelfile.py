@@ -2,7 +2,7 @@
 
 Layout (plain data and tensors only; loaded with ``weights_only=True``)::
 
-    {"format": "sgm-model-2", "ema": state_dict, "meta": {
+    {"format": "sgm-model-3", "sha256": content hash, "ema": state_dict, "meta": {
         "spec", "variables", "normalisation", "observation" (the ObservationModel's
         description), "grid": {"lat", "lon"}, "lat_attrs", "lon_attrs", "var_attrs",
         "static": Tensor[S, H, W], "residual_scale", "model" (ModelSettings), "in_channels",
@@ -14,15 +14,15 @@ file, not the network: ``sgm.core.precond.new_denoiser`` rebuilds that from ``me
 
 from __future__ import annotations
 
-import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from sgm.io.checkpoint import load_model_file, save_model
+from sgm.io.checkpoint import DIGEST_KEY, CorruptFileError, load_model_file, save_model
 
-FORMAT = "sgm-model-2"
+FORMAT = "sgm-model-3"
 
 
 def write_model(path: str | Path, weights: dict[str, Tensor], meta: dict[str, Any]) -> None:
@@ -31,19 +31,20 @@ def write_model(path: str | Path, weights: dict[str, Tensor], meta: dict[str, An
     save_model(Path(path), {"format": FORMAT, "ema": state, "meta": meta})
 
 
-def read_model(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The (EMA) weights and the metadata of ``model.pt``."""
+@dataclass(frozen=True)
+class ModelFile:
+    """The content of ``model.pt``: weights, metadata and the content hash (provenance)."""
+
+    weights: dict[str, Tensor]
+    meta: dict[str, Any]
+    digest: str
+
+
+def read_model(path: str | Path) -> ModelFile:
+    """Read and verify ``model.pt`` (see :func:`sgm.io.checkpoint.load_model_file`)."""
     state = load_model_file(Path(path))
     if state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not an sgm model file (format {state.get('format')!r}, "
-                         f"expected {FORMAT!r})")
-    return state["ema"], state["meta"]
-
-
-def file_hash(path: str | Path) -> str:
-    """Short content hash of a file (provenance of posterior ensembles)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+        what = "a training checkpoint" if "optimizer" in state else (
+            f"format {state.get('format')!r}")
+        raise CorruptFileError(f"{path}: not an sgm model file ({what}; expected {FORMAT!r})")
+    return ModelFile(state["ema"], state["meta"], state[DIGEST_KEY][:16])

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import importlib.util
+import importlib.metadata
+import re
 from collections.abc import Iterator, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import dask
@@ -77,16 +78,33 @@ def describe(ref: FieldRef) -> str:
 
 
 def package_file(package: str, path: str, what: str = "file") -> Path:
-    """The path of a file shipped inside an installed package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingSourceError(f"{package}/{path}: {what}: package {package!r} is not "
-                                 "installed (pip install it)")
-    for root in spec.submodule_search_locations:
-        candidate = Path(root) / path
+    """The path of a data file shipped inside an installed distribution's package.
+
+    Found from the installed distributions' metadata alone: nothing is imported (a spec is
+    data, never code, and a module of that name in the working directory is never run), and
+    the path must stay inside the package folder (no absolute paths, no ``..``, no symbolic
+    link leading out of it).
+    """
+    where = f"{package}/{path}: {what}"
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", package):
+        raise SourceError(f"{where}: {package!r} is not a package name")
+    inner = PurePosixPath(path)
+    if not path or inner.is_absolute() or ".." in inner.parts:
+        raise SourceError(f"{where}: the path must be relative and stay inside the package")
+    dists = importlib.metadata.packages_distributions().get(package.split(".")[0], [])
+    roots = [Path(importlib.metadata.distribution(d).locate_file(Path(*package.split("."))))
+             for d in dists]
+    roots = [r.resolve() for r in roots if r.is_dir()]
+    if not roots:
+        raise MissingSourceError(f"{where}: package {package!r} is not installed (pip install "
+                                 "it)")
+    for root in roots:
+        candidate = (root / inner).resolve()
+        if not candidate.is_relative_to(root):
+            raise SourceError(f"{where}: the path leads outside the package")
         if candidate.exists():
             return candidate
-    raise MissingSourceError(f"{package}/{path}: {what}: package {package!r} has no such file")
+    raise MissingSourceError(f"{where}: package {package!r} has no such file")
 
 
 def expand_paths(patterns: list[str], base: Path | None = None, what: str = "file") -> list[Path]:

@@ -8,9 +8,6 @@ Maps put latitude up and longitude across on the data's own coordinates.
 
 from __future__ import annotations
 
-import csv
-from pathlib import Path
-
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -173,13 +170,8 @@ def spectra_figure(entries: dict[str, dict]) -> Figure:
     return fig
 
 
-def loss_figure(loss_csv: Path) -> Figure:
-    with open(loss_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise ValueError(f"{loss_csv}: no training steps")
-    step = np.array([float(r["step"]) for r in rows])
-    loss = np.array([float(r["loss"]) for r in rows])
+def loss_figure(step: np.ndarray, loss: np.ndarray) -> Figure:
+    """The training loss per logged step (and a running mean), log scale."""
     fig = new_figure(7.0, 3.4)
     ax = fig.subplots()
     ax.plot(step, loss, color="C0", alpha=0.35, lw=0.8, label="loss")

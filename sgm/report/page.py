@@ -18,7 +18,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from sgm.io.atomic import atomic_write_text
+from sgm.io.atomic import write_files_together
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;margin:0 auto;
@@ -54,9 +54,10 @@ def unit_suffix(units: str) -> str:
 
 
 def threshold_text(threshold: float, units: str, default: bool, of_what: str) -> str:
-    """'281.3 K (the 90th percentile of <of_what>)' for a default threshold, else '… (given)'."""
+    """'281.3 K (the 90th percentile of <of_what>)' for a default threshold, else '… (given)';
+    HTML-escaped (units come from the data files)."""
     how = f"the 90th percentile of {of_what}" if default else "given"
-    return f"{threshold:.4g}{unit_suffix(units)} ({how})"
+    return html.escape(f"{threshold:.4g}{unit_suffix(units)} ({how})")
 
 
 def period(times: Any) -> str:
@@ -109,14 +110,12 @@ class Page:
         self.body.append(figure_html(name, png, caption))
 
     def write(self, out_html: str | Path, title: str, header: str) -> Path:
-        """Write the figures as PNG files beside ``out_html``, then the page atomically."""
+        """Write the figures as PNG files beside ``out_html`` and the page, all or none."""
         out_html = Path(out_html)
         page = (
             f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
             f"{header}{''.join(self.body)}</body></html>"
         )
-        out_html.parent.mkdir(parents=True, exist_ok=True)
-        for name, png in self.figures:
-            (out_html.parent / name).write_bytes(png)
-        return atomic_write_text(out_html, page)
+        files = [(out_html.parent / name, png) for name, png in self.figures]
+        return write_files_together([*files, (out_html, page.encode("utf-8"))])

@@ -142,12 +142,14 @@ def write_posterior_report(
     metrics: dict[str, Any],
     maps: dict[str, MapRows],
     grid: MapGrid,
-    loss_csv: str | Path,
+    loss: tuple[np.ndarray, np.ndarray, str],
     title: str,
     test_period: str,
 ) -> Path:
-    """Write the evaluation report ``out_html`` (and its figures as PNG files beside it)."""
-    loss_csv = Path(loss_csv)
+    """Write the evaluation report ``out_html`` (and its figures as PNG files beside it).
+
+    ``loss`` is the training loss log: (step[N], loss[N], the log's file name).
+    """
     page = Page()
     entries: dict[str, dict] = metrics["variables"]
     for var, e in entries.items():
@@ -193,8 +195,8 @@ def write_posterior_report(
         "scales (high k), blocky fills gain it.",
     )
     page.add_html("<h2>Training</h2>")
-    page.add_figure("loss.png", loss_figure(loss_csv),
-                    f"Denoising loss per step from {html.escape(loss_csv.name)}.")
+    page.add_figure("loss.png", loss_figure(loss[0], loss[1]),
+                    f"Denoising loss per step from {html.escape(loss[2])}.")
     header = header_html(title, _provenance(metrics, test_period), INTRO)
     return page.write(out_html, title, header)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,13 @@ from sgm.core.gaussian import GaussianRandomField
 from sgm.core.observation import ObservationModel
 from sgm.core.verification import score_deterministic, score_ensemble, score_oracle, spectra
 from sgm.io import layout
-from sgm.io.atomic import atomic_write_text
-from sgm.io.stores import json_attr, open_store, write_store
+from sgm.io.stores import (
+    StoreError,
+    check_output,
+    json_attr,
+    open_store,
+    write_store_and_file,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +89,17 @@ def evaluate(
 
     ``seed`` drives the rank histogram's random tie breaking. Returns the metrics dict written.
     """
+    check_output(maps_path)
     fields, obs_store, post = (open_store(fields_path), open_store(obs_path),
                                open_store(posterior_path))
+    spec = layout.spec_of(fields) or "?"
+    layout.check_same_spec(spec, {str(obs_path): layout.spec_of(obs_store),
+                                  str(posterior_path): layout.spec_of(post)})
     variables = layout.variables_of(fields)
+    missing = [v for v in variables if v not in post.data_vars or v not in obs_store.data_vars]
+    if missing:
+        raise StoreError(f"{posterior_path} or {obs_path}: lacks variable(s) "
+                         f"{', '.join(missing)} of {fields_path}")
     for dim in ("lat", "lon"):
         if post.sizes[dim] != fields.sizes[dim] or not np.allclose(post[dim], fields[dim]):
             raise ValueError(f"{posterior_path}: {dim} grid differs from {fields_path}")
@@ -115,9 +127,10 @@ def evaluate(
     y_all = layout.stack(obs_store, variables, _positions(obs_store, times)).astype(np.float64)
     ens_all = np.stack([post[v].sel(time=times).transpose("member", "time", "lat", "lon").values
                         for v in variables], axis=2).astype(np.float64)  # [M, T, C, H, W]
-    for name, values in (("truth", truth_all), ("posterior", ens_all), ("observations", y_all)):
+    for path, values in ((fields_path, truth_all), (posterior_path, ens_all),
+                         (obs_path, y_all)):
         if not np.isfinite(values).all():
-            raise ValueError(f"the {name} contain NaN or infinite values")
+            raise StoreError(f"{path}: has NaN or infinite values at the test times")
     if ens_all.shape[1:] != truth_all.shape:
         raise ValueError(f"posterior shape {ens_all.shape} does not match truth "
                          f"{truth_all.shape}")
@@ -159,14 +172,9 @@ def evaluate(
     text = json.dumps(result, indent=2)
     coords = {d: fields[d] for d in ("lat", "lon")}
     maps_ds = xr.Dataset(maps, coords=coords)
-    metrics_path, maps_path = Path(metrics_path), Path(maps_path)
-    write_store(
+    write_store_and_file(
         maps_ds, maps_path,
-        attrs={layout.SPEC: result["spec"] or "", layout.N_TIMES: int(times.size)},
+        {layout.SPEC: result["spec"] or "", layout.N_TIMES: int(times.size)},
+        metrics_path, text,
     )
-    try:
-        atomic_write_text(metrics_path, text)
-    except BaseException:
-        shutil.rmtree(maps_path, ignore_errors=True)
-        raise
     return result

@@ -12,6 +12,7 @@ thread-safe, so every computation runs on dask's synchronous scheduler.
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ from sgm.io.sources import (
     source_paths,
     where_of,
 )
-from sgm.io.stores import write_store
+from sgm.io.stores import check_output, write_store
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +235,11 @@ def _write(ds: xr.Dataset, out: Path) -> Path:
     json_attrs = {k: ds.attrs.pop(k) for k in list(ds.attrs) if not isinstance(ds.attrs[k], str)}
     try:
         with dask.config.set(scheduler="synchronous"):
-            return write_store(chunk_for_writing(ds), out, attrs=json_attrs)
+            # Every value was checked (or filled) by build_fields: no second pass for finiteness.
+            return write_store(chunk_for_writing(ds), out, attrs=json_attrs, require_finite=False)
     except (OSError, RuntimeError) as exc:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise
         raise SourceError(f"{out}: reading the sources or writing failed "
                           f"({exc.__class__.__name__}: {exc})") from exc
 
@@ -249,7 +253,7 @@ def ingest(
     ``paired.zarr`` beside ``out``), written before ``out`` so that ``out`` exists only when
     both are complete.
     """
-    spec_path, out = Path(spec_path), Path(out)
+    spec_path, out = Path(spec_path), check_output(out)
     spec = load_spec(spec_path)
     # The progress bar shows on stderr (the rule's log) when a pass over the data takes > 2 s.
     with bounded_reading(), ProgressBar(minimum=2.0, out=sys.stderr):

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import xarray as xr
 
-from sgm.config import load_spec
+from sgm.config import SpecError, load_spec
 from sgm.core.observation import ObservationModel
 from sgm.io import layout
-from sgm.io.stores import open_store, write_store
+from sgm.io.stores import StoreError, check_output, open_store, write_store
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,22 @@ def observe(spec_path: str | Path, fields_path: str | Path, out: str | Path) -> 
     spec's ``noise_std`` then states the assumed mismatch, used by re-observation checks).
     """
     spec = load_spec(spec_path)
+    out = check_output(out)
     fields = open_store(fields_path)
+    layout.check_same_spec(spec.name, {str(fields_path): layout.spec_of(fields)})
+    missing = [v.name for v in spec.variables if v.name not in fields.data_vars]
+    if missing:
+        raise StoreError(f"{fields_path}: lacks variable(s) {', '.join(missing)} of the spec "
+                         f"{spec_path}; rerun ingest")
     lat, lon = layout.grid_coords(fields)
-    obs = ObservationModel.from_dict(
-        {**spec.observation(), "grid": {"lat": lat.tolist(), "lon": lon.tolist()}}
-    )
+    try:
+        obs = ObservationModel.from_dict(
+            {**spec.observation(), "grid": {"lat": lat.tolist(), "lon": lon.tolist()}}
+        )
+    except ValueError as exc:
+        raise SpecError(f"{spec_path}: operator: {exc} (the grid of {fields_path} is "
+                        f"{lat.size}x{lon.size}; rerun ingest after changing the operator)"
+                        ) from None
     keep = np.flatnonzero(fields.split.isin(["val", "test"]).values)
     subset = fields.isel(time=keep)
     variables = list(obs.variables)

@@ -24,7 +24,7 @@ from sgm.config import FieldRef
 from sgm.io import layout
 from sgm.io.errors import SourceError
 from sgm.io.sources import compute, read_field, refuse_missing, resolve_file, select_times
-from sgm.io.stores import open_store, write_store
+from sgm.io.stores import check_output, open_store, write_store
 from sgm.io.units import same as same_units
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def observe_external(
         out: the obs store to write (split ``external`` for every time).
         time_slice: optional (start, end) dates, both included.
     """
-    obs_ref, out = Path(obs_ref), Path(out)
+    obs_ref, out = Path(obs_ref), check_output(out)
     ref = open_store(obs_ref)
     path = resolve_file(coarse_file)
     needed = [str(v) for v in ref.data_vars]

@@ -9,14 +9,30 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from sgm.io import layout
-from sgm.io.stores import open_store
+from sgm.io.losslog import read_loss_csv
+from sgm.io.stores import StoreError, open_store
 from sgm.report.figures import map_rows
 from sgm.report.page import period, time_label
 from sgm.report.posterior import MapGrid, MapRows, write_posterior_report
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """``metrics.json`` as written by ``sgm evaluate``; one sentence if it is not."""
+    try:
+        m = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.__class__.__name__}: {exc})") from None
+    if not isinstance(m, dict) or not isinstance(m.get("variables"), dict) or not m["variables"]:
+        raise ValueError(f"{path}: not a metrics file written by sgm evaluate (no variables)")
+    for var, e in m["variables"].items():
+        if not isinstance(e, dict) or not {"units", "ensemble", "baseline"} <= set(e):
+            raise ValueError(f"{path}: variable {var!r} lacks the scores sgm evaluate writes")
+    return m
 
 
 def report(
@@ -37,7 +53,16 @@ def report(
     of the test truth. Returns the path of the HTML file.
     """
     fields, obs, post = open_store(fields_path), open_store(obs_path), open_store(posterior_path)
-    m = json.loads(Path(metrics_path).read_text())
+    m = read_metrics(metrics_path)
+    spec = layout.spec_of(fields) or "?"
+    layout.check_same_spec(spec, {str(obs_path): layout.spec_of(obs),
+                                  str(posterior_path): layout.spec_of(post),
+                                  str(metrics_path): m.get("spec")})
+    unknown = [v for v in m["variables"] if v not in post.data_vars or v not in fields.data_vars]
+    if unknown:
+        raise StoreError(f"{metrics_path}: scores variable(s) {', '.join(unknown)} that "
+                         f"{posterior_path} or {fields_path} lack")
+    steps, losses = read_loss_csv(loss_csv)
     lat, lon = layout.grid_coords(fields)
     times = layout.test_times(fields, post, posterior_path)
     t_idx = map_rows(times.size, n_maps)
@@ -56,6 +81,6 @@ def report(
     first = next(iter(m["variables"]))
     grid = MapGrid(lat, lon, layout.observation_positions(obs, first),
                    [time_label(t) for t in times.values[t_idx]])
-    spec = m.get("spec") or post.attrs.get(layout.SPEC, "?")
     title = title or f"sgm posterior report — {spec}"
-    return write_posterior_report(out_html, m, maps, grid, loss_csv, title, period(times.values))
+    return write_posterior_report(out_html, m, maps, grid, (steps, losses, Path(loss_csv).name),
+                                  title, period(times.values))

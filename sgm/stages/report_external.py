@@ -39,6 +39,8 @@ def report_external(
     of the posterior means. Returns the path of the HTML file.
     """
     obs_store, post = open_store(obs_path), open_store(posterior_path)
+    layout.check_same_spec(layout.spec_of(obs_store) or "?",
+                           {str(posterior_path): layout.spec_of(post)})
     obs = ObservationModel.from_dict(layout.observation_description(obs_store))
     lat, lon = layout.grid_coords(post)
     index = post["obs_index"].values if "obs_index" in post.coords else None

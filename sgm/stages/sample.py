@@ -24,11 +24,11 @@ from sgm.core.conditioning import ResidualTarget, Standardiser, conditioning
 from sgm.core.device import pick_device
 from sgm.core.observation import ObservationModel
 from sgm.core.precond import new_denoiser
-from sgm.core.sampler import edm_sampler, member_seed
+from sgm.core.sampler import edm_sampler, fixed_batch, member_seed
 from sgm.core.schedule import karras_sigmas
 from sgm.io import layout
-from sgm.io.modelfile import file_hash, read_model
-from sgm.io.stores import open_store, write_store
+from sgm.io.modelfile import read_model
+from sgm.io.stores import check_output, open_store, write_store
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ def draw_members(
     pairs = [(t, m) for t in range(n_times) for m in range(members)]
     sigmas = karras_sigmas(settings.steps, settings.sigma_min, settings.sigma_max, settings.rho)
     out = torch.empty(n_times, members, channels, height, width)
+    network = fixed_batch(precond)
     batches = range(0, len(pairs), settings.batch_size)
     for start in tqdm(batches, desc="sample", unit="batch", disable=not progress):
         chunk = pairs[start : start + settings.batch_size]
@@ -71,7 +72,7 @@ def draw_members(
         seeds = [member_seed(settings.seed, int(time_index[t]), m) for t, m in chunk]
 
         def denoise(x: torch.Tensor, sigma: torch.Tensor, c: torch.Tensor = cond_b) -> torch.Tensor:
-            return precond(x, sigma, c)
+            return network(x, sigma, c)
 
         x = edm_sampler(
             denoise, (channels, height, width), seeds, sigmas.to(device), churn=settings.churn,
@@ -94,14 +95,15 @@ def sample_stage(
 ) -> Path:
     """Draw the posterior ensemble for the ``split`` times of ``obs.zarr`` (``all``: every time)."""
     cfg: SampleSettings = validate(SampleSettings, settings, "--settings")
+    out = check_output(out)
     device = pick_device(cfg.device)
-    weights, meta = read_model(model_path)
-    m = meta["model"]
-    precond = new_denoiser(m["preset"], int(meta["in_channels"]), int(meta["out_channels"]),
-                           m["sigma_data"], m["base_channels"], m["dropout"])
-    precond.load_state_dict(weights)
-    precond = precond.to(device).eval()
+    model = read_model(model_path)
+    meta = model.meta
     obs_store = open_store(obs_path)
+    layout.check_same_spec(meta["spec"], {str(obs_path): layout.spec_of(obs_store)})
+    layout.check_split(obs_store, split, obs_path)
+    if not 0 <= shard[0] < shard[1]:
+        raise ValueError(f"--shard {shard[0]}: not in 0..{shard[1] - 1} (--shards {shard[1]})")
     obs = ObservationModel.from_dict(meta["observation"])
     variables = list(meta["variables"])
     missing = [v for v in variables if v not in obs_store.data_vars]
@@ -111,11 +113,18 @@ def sample_stage(
     if observed != obs.operator.to_dict():
         raise ValueError(f"{obs_path}: its observations were made with {observed}, but the "
                          f"model {model_path} was trained for {obs.operator.to_dict()}")
+    m = meta["model"]
+    precond = new_denoiser(m["preset"], int(meta["in_channels"]), int(meta["out_channels"]),
+                           m["sigma_data"], m["base_channels"], m["dropout"])
+    precond.load_state_dict(model.weights)
+    precond = precond.to(device).eval()
 
     index = layout.split_index(obs_store, split)
     index = index[shard_times(len(index), *shard)]
     stats = Standardiser.from_dict(meta["normalisation"], variables)
     y = stats.forward(torch.from_numpy(layout.stack(obs_store, variables, index)))
+    if not torch.isfinite(y).all():
+        raise ValueError(f"{obs_path}: the observations of the {split} times are not all finite")
     cond = conditioning(obs, y, meta["static"])
     log.info("sample %s: %d times × %d members, %d steps, churn %s, on %s",
              meta["spec"], len(index), cfg.members, cfg.steps, cfg.churn, device)
@@ -144,7 +153,7 @@ def sample_stage(
     )
     attrs = {
         layout.SPEC: meta["spec"],
-        layout.MODEL_HASH: file_hash(model_path),
+        layout.MODEL_HASH: model.digest,
         layout.MODEL_STEP: int(meta["step"]),
         layout.SAMPLER: json.dumps({"name": "edm_heun", **cfg.model_dump()}, sort_keys=True),
         layout.SAMPLE_SEED: cfg.seed,

@@ -9,7 +9,9 @@ stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +31,12 @@ from sgm.core.conditioning import (
     static_channels,
     training_pairs,
 )
+from sgm.core.device import pick_device
 from sgm.core.network import count_parameters
 from sgm.core.observation import ObservationModel
 from sgm.core.precond import new_denoiser
 from sgm.io import layout
+from sgm.io.lock import FolderLock
 from sgm.io.losslog import run_files
 from sgm.io.modelfile import write_model
 from sgm.io.stores import json_attr, open_store
@@ -53,6 +57,13 @@ def _static(fields: xr.Dataset, stats: Standardiser, climatology: bool) -> torch
     return static_channels(stats, grid, clim, covariates, cov_standardiser)
 
 
+def _lock(workdir: Path) -> contextlib.AbstractContextManager:
+    """The training folder's lock, held by the one process that writes it (rank 0)."""
+    if int(os.environ.get("RANK", "0")) != 0:
+        return contextlib.nullcontext()
+    return FolderLock(workdir, what="training folder")
+
+
 def train_stage(
     spec_path: str | Path,
     fields_path: str | Path,
@@ -65,9 +76,12 @@ def train_stage(
     """Train the conditional EDM model on the training split and write ``out`` (model.pt)."""
     out = Path(out)
     entry: ModelEntry = validate(ModelEntry, settings, "--settings")
+    pick_device(entry.train.device)  # an unknown or absent device fails before any work
     spec = load_spec(spec_path)
-    fields = open_store(fields_path)
-    obs = ObservationModel.from_dict(layout.observation_description(open_store(obs_path)))
+    fields, obs_store = open_store(fields_path), open_store(obs_path)
+    layout.check_same_spec(spec.name, {str(fields_path): layout.spec_of(fields),
+                                       str(obs_path): layout.spec_of(obs_store)})
+    obs = ObservationModel.from_dict(layout.observation_description(obs_store))
     variables = list(obs.variables)
     stats = Standardiser.from_dict(json_attr(fields, layout.NORMALISATION), variables)
     train_index = layout.split_index(fields, "train")
@@ -93,16 +107,22 @@ def train_stage(
     in_channels = channels + channels * obs.cond_channels + static.shape[0]
     m = entry.model
     precond = new_denoiser(m.preset, in_channels, channels, m.sigma_data, m.base_channels,
-                           m.dropout)
+                           m.dropout, seed=entry.train.seed)
     log.info("train %s: %d fields of %s, %s, %d parameters, %d steps at batch %d",
              spec.name, z.shape[0], tuple(z.shape[1:]), obs, count_parameters(precond),
              entry.train.steps, entry.train.batch_size)
 
     workdir = Path(workdir) if workdir is not None else out.parent / "train_state"
-    result = training.train(precond, data, make_pair, entry.train, *run_files(workdir), log=log,
-                            progress=progress)
+    with _lock(workdir):
+        result = training.train(precond, data, make_pair, entry.train, *run_files(workdir),
+                                log=log, progress=progress)
     if result is None:  # a non-zero rank of a multi-process run: rank 0 writes the model
         return out
+    weights = result.ema.state_dict()
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"{workdir}: training diverged: the weights ({bad[0]}, ...) are not "
+                         f"finite at step {result.step}; lower train.lr or check the data")
     meta = {
         "spec": spec.name,
         "variables": variables,
@@ -121,7 +141,7 @@ def train_stage(
         "step": int(result.step),
         "final_loss": float(result.final_loss),
     }
-    write_model(out, result.ema.state_dict(), meta)
+    write_model(out, weights, meta)
     log.info("wrote %s (step %d, final loss %.4f)", out, result.step, result.final_loss)
     return out
 

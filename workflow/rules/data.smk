@@ -8,7 +8,7 @@ rule ingest:
     params:
         version=STAGE_VERSION["ingest"],
     shell:
-        "sgm ingest --spec {input.spec} --out {output.fields} > {log} 2>&1"
+        "sgm ingest --spec {input.spec:q} --out {output.fields:q} > {log:q} 2>&1"
 
 
 rule observe:
@@ -22,4 +22,4 @@ rule observe:
     params:
         version=STAGE_VERSION["observe"],
     shell:
-        "sgm observe --spec {input.spec} --fields {input.fields} --out {output.obs} > {log} 2>&1"
+        "sgm observe --spec {input.spec:q} --fields {input.fields:q} --out {output.obs:q} > {log:q} 2>&1"

@@ -11,8 +11,8 @@ rule evaluate:
     params:
         version=STAGE_VERSION["evaluate"],
     shell:
-        "sgm evaluate --fields {input.fields} --obs {input.obs} --posterior {input.posterior}"
-        " --metrics {output.metrics} --maps {output.maps} > {log} 2>&1"
+        "sgm evaluate --fields {input.fields:q} --obs {input.obs:q} --posterior {input.posterior:q}"
+        " --metrics {output.metrics:q} --maps {output.maps:q} > {log:q} 2>&1"
 
 
 rule report:
@@ -40,6 +40,6 @@ rule report:
             else f"--threshold {config['report']['threshold']}"
         ),
     shell:
-        "sgm report --fields {input.fields} --obs {input.obs} --posterior {input.posterior}"
-        " --metrics {input.metrics} --loss {input.loss} --out {output.html}"
-        " --n-maps {params.n_maps} {params.threshold} > {log} 2>&1"
+        "sgm report --fields {input.fields:q} --obs {input.obs:q} --posterior {input.posterior:q}"
+        " --metrics {input.metrics:q} --loss {input.loss:q} --out {output.html:q}"
+        " --n-maps {params.n_maps} {params.threshold} > {log:q} 2>&1"

@@ -22,8 +22,8 @@ rule coarsen_external:
         variables=external_file_variables,
         time_slice=external_time_slice,
     shell:
-        "sgm coarsen-file --spec {input.spec} --fields {input.fields} --source {params.source}"
-        " {params.variables} {params.time_slice} --out {output.coarse} > {log} 2>&1"
+        "sgm coarsen-file --spec {input.spec:q} --fields {input.fields:q} --source {params.source}"
+        " {params.variables} {params.time_slice} --out {output.coarse:q} > {log:q} 2>&1"
 
 
 rule observe_external:
@@ -40,8 +40,8 @@ rule observe_external:
         variables=lambda w: as_json(external_entry(w)["variables"]),
         time_slice=external_time_slice,
     shell:
-        "sgm observe-external --obs {input.obs} --file {params.file}"
-        " --variables {params.variables} {params.time_slice} --out {output.obs} > {log} 2>&1"
+        "sgm observe-external --obs {input.obs:q} --file {params.file}"
+        " --variables {params.variables} {params.time_slice} --out {output.obs:q} > {log:q} 2>&1"
 
 
 rule sample_external:
@@ -62,8 +62,8 @@ rule sample_external:
         mem_mb=config["resources"]["sample"]["mem_mb"],
         runtime=config["resources"]["sample"]["runtime"],
     shell:
-        "sgm sample --threads {threads} --split external --model {input.model}"
-        " --obs {input.obs} --out {output.posterior} --settings {params.settings} > {log} 2>&1"
+        "sgm sample --threads {threads} --split external --model {input.model:q}"
+        " --obs {input.obs:q} --out {output.posterior:q} --settings {params.settings} > {log:q} 2>&1"
 
 
 rule report_external:
@@ -85,5 +85,5 @@ rule report_external:
         n_maps=rules.report.params.n_maps,
         threshold=rules.report.params.threshold,
     shell:
-        "sgm report-external --obs {input.obs} --posterior {input.posterior}"
-        " --out {output.html} --n-maps {params.n_maps} {params.threshold} > {log} 2>&1"
+        "sgm report-external --obs {input.obs:q} --posterior {input.posterior:q}"
+        " --out {output.html:q} --n-maps {params.n_maps} {params.threshold} > {log:q} 2>&1"

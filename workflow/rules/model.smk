@@ -29,11 +29,11 @@ rule train:
         runtime=TRAIN_RESOURCES["runtime"],
     shell:
         # $sgm is `sgm`, or torchrun with one process per GPU when the job has several
-        f"{TRAIN_LAUNCHER}$sgm train --threads $threads --spec {{input.spec}}"
-        " --fields {input.fields} --obs {input.obs} --out {output.model}"
-        " --workdir {params.workdir}"
-        " --settings {params.settings} > {log} 2>&1"
-        " && cp {params.workdir}/loss.csv {output.loss}"
+        f"{TRAIN_LAUNCHER}$sgm train --threads $threads --spec {{input.spec:q}}"
+        " --fields {input.fields:q} --obs {input.obs:q} --out {output.model:q}"
+        " --workdir {params.workdir:q}"
+        " --settings {params.settings} > {log:q} 2>&1"
+        " && cp {params.workdir:q}/loss.csv {output.loss:q}"
 
 
 rule sample_shard:
@@ -56,9 +56,9 @@ rule sample_shard:
         mem_mb=SAMPLE_RESOURCES["mem_mb"],
         runtime=SAMPLE_RESOURCES["runtime"],
     shell:
-        "sgm sample --threads {threads} --model {input.model} --obs {input.obs}"
+        "sgm sample --threads {threads} --model {input.model:q} --obs {input.obs:q}"
         " --shard {wildcards.shard} --shards {wildcards.shards}"
-        " --out {output.posterior} --settings {params.settings} > {log} 2>&1"
+        " --out {output.posterior:q} --settings {params.settings} > {log:q} 2>&1"
 
 
 rule gather:
@@ -71,4 +71,4 @@ rule gather:
     params:
         version=STAGE_VERSION["gather"],
     shell:
-        "sgm gather {input.shards} --out {output.posterior} > {log} 2>&1"
+        "sgm gather {input.shards:q} --out {output.posterior:q} > {log:q} 2>&1"
