@@ -21,10 +21,14 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/external.smk"
+include: "workflow/rules/inversion.smk"
+include: "workflow/rules/products.smk"
 
 
 rule all:
     input:
         all_reports(),
         all_external_reports(),
+        all_inversion_reports(),
+        all_products(),
     default_target: True

@@ -33,7 +33,7 @@ from sgm.core.gaussian import (
     exact_posterior,
     oracle_statistics,
 )
-from sgm.core.operators import build_operator
+from sgm.core.observation import build_operator
 from sgm.core.sampler import edm_sampler, member_seed
 from sgm.core.schedule import karras_sigmas
 

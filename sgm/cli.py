@@ -70,7 +70,7 @@ def _ingest(a: argparse.Namespace) -> None:
 def _observe(a: argparse.Namespace) -> None:
     from sgm.stages.observe import observe
 
-    observe(a.spec, a.fields, a.out)
+    observe(a.spec, a.fields, a.out, operator=a.operator)
 
 
 def _set_threads(n: int | None) -> None:
@@ -94,7 +94,27 @@ def _sample(a: argparse.Namespace) -> None:
 
     _set_threads(a.threads)
     sample_stage(a.model, a.obs, a.out, a.settings, shard=(a.shard, a.shards),
-                 split=a.split, progress=not a.no_progress)
+                 split=a.split, progress=not a.no_progress, tuning=a.tuning)
+
+
+def _tune_sampler(a: argparse.Namespace) -> None:
+    from sgm.stages.tune_sampler import tune_sampler
+
+    _set_threads(a.threads)
+    tune_sampler(a.model, a.fields, a.obs, a.out, a.settings, progress=not a.no_progress)
+
+
+def _export(a: argparse.Namespace) -> None:
+    from sgm.stages.export import export
+
+    export(a.posterior, a.out, chunks=a.chunks)
+
+
+def _products(a: argparse.Namespace) -> None:
+    from sgm.stages.products import products
+
+    products(a.posterior, a.out, quantiles=a.quantiles, thresholds=a.thresholds,
+             chunks=a.chunks)
 
 
 def _gather(a: argparse.Namespace) -> None:
@@ -113,7 +133,7 @@ def _report(a: argparse.Namespace) -> None:
     from sgm.stages.report import report
 
     report(a.fields, a.obs, a.posterior, a.metrics, a.loss, a.out,
-           n_maps=a.n_maps, threshold=a.threshold, title=a.title)
+           n_maps=a.n_maps, threshold=a.threshold, title=a.title, tuning=a.tuning)
 
 
 def _coarsen_file(a: argparse.Namespace) -> None:
@@ -179,11 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--spec", required=True)
     sp.add_argument("--fields", required=True)
     sp.add_argument("--out", required=True)
+    sp.add_argument("--operator", type=_json, default=None,
+                    help="JSON: another operator than the spec's (an inversion), e.g. "
+                    '{"kind": "stations", "file": "stations.csv", "noise_std": 0.1}')
 
     sp = add("train", _train, "train the conditional score model → model.pt")
     sp.add_argument("--spec", required=True)
     sp.add_argument("--fields", required=True)
-    sp.add_argument("--obs", required=True, help="obs.zarr: the observation model to train for")
+    sp.add_argument("--obs", default=None,
+                    help="obs.zarr: the observation model a conditional model learns for")
     sp.add_argument("--out", required=True)
     sp.add_argument("--settings", type=_json, default={}, help="JSON: {model: {...}, train: {...}}")
     sp.add_argument("--workdir", default=None, help="checkpoints, loss.csv (default: beside out)")
@@ -196,8 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True)
     sp.add_argument("--settings", type=_json, default={}, help="JSON sampler settings")
     sp.add_argument("--split", default="test", help="split to sample; 'all': every time")
+    sp.add_argument("--tuning", default=None,
+                    help="tuning.json of sgm tune-sampler (needed with steps: auto)")
     sp.add_argument("--shard", type=_index, default=0, help="this job's shard, 0..shards-1")
     sp.add_argument("--shards", type=_count, default=1, help="number of shards of the times")
+    sp.add_argument("--threads", type=_count, default=None, help="torch threads (default: all)")
+    sp.add_argument("--no-progress", action="store_true")
+
+    sp = add("tune-sampler", _tune_sampler,
+             "model + validation split → tuning.json: the cheapest solver and step count that "
+             "matches a high-NFE reference")
+    _required(sp, "model", "fields", "obs", "out")
+    sp.add_argument("--settings", type=_json, default={},
+                    help="JSON: sampler settings with a tune section")
     sp.add_argument("--threads", type=_count, default=None, help="torch threads (default: all)")
     sp.add_argument("--no-progress", action="store_true")
 
@@ -212,6 +247,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("report", _report, "everything above → a self-contained HTML report")
     _required(sp, "fields", "obs", "posterior", "metrics", "loss", "out")
     _report_options(sp)
+    sp.add_argument("--tuning", default=None, help="tuning.json of sgm tune-sampler")
+
+    chunks = {"choices": ["time", "pixel"], "default": "time",
+              "help": "chunk layout: time (a few whole maps per chunk, fast maps; default) or "
+                      "pixel (every time of a block of pixels, fast time series)"}
+    sp = add("export", _export, "posterior.zarr → a CF-1.10 NetCDF4 file for analysts' tools")
+    _required(sp, "posterior", "out")
+    sp.add_argument("--chunks", **chunks)
+
+    sp = add("products", _products, "posterior.zarr → products.zarr: ensemble mean, std, "
+             "quantiles and exceedance probabilities per time step")
+    _required(sp, "posterior", "out")
+    sp.add_argument("--quantiles", type=float, nargs="*", default=[0.05, 0.5, 0.95],
+                    metavar="Q", help="quantile levels in [0, 1] (default: 0.05 0.5 0.95)")
+    sp.add_argument("--thresholds", type=_json, default={},
+                    help='JSON: variable → thresholds in its units, e.g. {"tas": [273.15]}')
+    sp.add_argument("--chunks", **chunks)
 
     time_slice = {"nargs": 2, "metavar": ("START", "END"), "default": None,
                   "help": "only the times from START to END (YYYY-MM-DD, both included)"}

@@ -87,8 +87,9 @@ def test_slurm_profile_asks_for_the_configured_resources(tmp_path: Path) -> None
     external = config.get("external", [])  # the demo's observations from other files
     expected = {
         "ingest": 1, "observe": 1, "train": 1, "sample_shard": 3, "gather": 1, "evaluate": 1,
-        "report": 1, "all": 1, "coarsen_external": sum(e.get("make_coarse", False)
-                                                      for e in external),
+        "report": 1, "all": 1, "tune_sampler": int(config["sample"].get("steps") == "auto"),
+        "export": 1, "products": 1,
+        "coarsen_external": sum(e.get("make_coarse", False) for e in external),
         "observe_external": len(external),
         "sample_external": len(external) * len(config["models"]),
         "report_external": len(external) * len(config["models"]),
@@ -97,7 +98,7 @@ def test_slurm_profile_asks_for_the_configured_resources(tmp_path: Path) -> None
         rule: n for rule, n in expected.items() if n
     }
     for rule, stage in (("train", "train"), ("sample_shard", "sample"),
-                        ("sample_external", "sample")):
+                        ("sample_external", "sample"), ("tune_sampler", "sample")):
         want = config["resources"][stage]
         for job in by_rule.get(rule, []):
             res = job["resources"]
@@ -108,7 +109,7 @@ def test_slurm_profile_asks_for_the_configured_resources(tmp_path: Path) -> None
                     for j in by_rule["sample_shard"])
     assert shards == [("0", "3"), ("1", "3"), ("2", "3")]
     for rule in ("ingest", "observe", "evaluate", "report", "coarsen_external",
-                 "observe_external", "report_external"):
+                 "observe_external", "report_external", "export", "products"):
         for job in by_rule.get(rule, []):
             res = job["resources"]
             assert "gpu" not in res and "slurm_partition" not in res, rule

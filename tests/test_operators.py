@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from sgm.core.observation import build_operator
 from sgm.core.operators import (
     Blur,
     Coarsen,
     ObservationOperator,
     SparseMask,
     Stations,
-    build_operator,
 )
 
 GRID = (32, 24)
@@ -286,3 +288,84 @@ def test_stations_baseline_is_the_nearest_station() -> None:
     assert float(b[16, 0]) == 1.0 and float(b[16, -1]) == 2.0
     g = op.to_grid(torch.tensor([1.0, 2.0], dtype=torch.float64))
     assert g.shape == (2, *GRID) and float(g[1].sum()) == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------- sensors (sgm.core.sensors)
+
+
+def test_gaps_observe_everything_outside_the_boxes() -> None:
+    from sgm.core.sensors import Gaps
+
+    op = Gaps(GRID, [[30.0, 35.0, -125.0, -120.0]], LAT, LON)
+    inside = (LAT[:, None] >= 30) & (LAT[:, None] <= 35) & (LON >= -125) & (LON <= -120)
+    assert op.n_points == GRID[0] * GRID[1] - int(inside.sum()) and op.missing == inside.sum()
+    x = torch.randn(*GRID, dtype=torch.float64)
+    y = op.apply(x)
+    np.testing.assert_array_equal(y.numpy(), x.numpy()[~inside])
+    b = op.baseline(y)  # infilled: observed pixels kept, gaps from their nearest neighbour
+    np.testing.assert_array_equal(b.numpy()[~inside], x.numpy()[~inside])
+    g = torch.randn(op.n_points, dtype=torch.float64)
+    torch.testing.assert_close((op.apply(x) * g).sum(), (x * op.adjoint(g)).sum())
+    with pytest.raises(ValueError, match="contain no grid point"):
+        Gaps(GRID, [[80.0, 85.0, 0.0, 1.0]], LAT, LON)
+
+
+def test_saturating_sensor_is_nonlinear_and_its_baseline_inverts_it() -> None:
+    from sgm.core.sensors import Saturating
+
+    op = Saturating(Coarsen(GRID, 4), center=0.0, scale=2.0)
+    x = _smooth(GRID)
+    y = op.apply(x)
+    torch.testing.assert_close(y, 2.0 * torch.tanh(Coarsen(GRID, 4).apply(x) / 2.0))
+    assert not op.linear and bool((op.apply(10 * x).abs() < 2.0).all())
+    torch.testing.assert_close(op.unsaturate(y), Coarsen(GRID, 4).apply(x))
+    torch.testing.assert_close(op.baseline(y), Coarsen(GRID, 4).baseline(Coarsen(GRID, 4)
+                                                                         .apply(x)))
+    assert not torch.allclose(op.apply(2 * x), 2 * op.apply(x))
+    with pytest.raises(ValueError, match="no adjoint"):
+        op.adjoint(y)
+    clone = build_operator(op.to_dict(), LAT, LON)
+    torch.testing.assert_close(clone.apply(x), y)
+
+
+USER_OPERATOR = '''
+import torch
+
+
+def towers(x, lat, lon):
+    """Two towers averaging 2x2 pixels, squared (nonlinear)."""
+    a = x[..., 3:5, 4:6].mean(dim=(-2, -1))
+    b = x[..., 10:12, 7:9].mean(dim=(-2, -1))
+    return torch.stack([a, b], dim=-1) ** 2
+'''
+
+
+def test_python_operator_runs_the_users_function(tmp_path: Path) -> None:
+    from sgm.core.sensors import PythonOperator
+
+    (tmp_path / "my_ops.py").write_text(USER_OPERATOR)
+    op = PythonOperator(GRID, "my_ops:towers", str(tmp_path), trust_code=True, lat=LAT, lon=LON)
+    x = _smooth(GRID)
+    assert op.obs_shape == (2,)
+    torch.testing.assert_close(op.apply(x)[0], x[3:5, 4:6].mean() ** 2)
+    assert not op.linear
+    clone = build_operator(op.to_dict(), LAT, LON)
+    torch.testing.assert_close(clone.apply(x), op.apply(x))
+    with pytest.raises(ValueError, match="trust_code: true"):
+        PythonOperator(GRID, "my_ops:towers", str(tmp_path), trust_code=False)
+    (tmp_path / "my_ops.py").write_text(USER_OPERATOR.replace("** 2", "** 3"))
+    with pytest.raises(ValueError, match="changed since these observations were made"):
+        build_operator(op.to_dict(), LAT, LON)
+    with pytest.raises(ValueError, match="has no function 'nope'"):
+        PythonOperator(GRID, "my_ops:nope", str(tmp_path), trust_code=True)
+
+
+def test_python_operator_adjoint_is_exact_for_a_linear_function(tmp_path: Path) -> None:
+    from sgm.core.sensors import PythonOperator
+
+    (tmp_path / "lin.py").write_text(USER_OPERATOR.replace(" ** 2", ""))
+    op = PythonOperator(GRID, "lin:towers", str(tmp_path), trust_code=True)
+    x, g = torch.randn(*GRID, dtype=torch.float64), torch.randn(2, dtype=torch.float64)
+    torch.testing.assert_close((op.apply(x) * g).sum(), (x * op.adjoint(g)).sum())
+    b = op.baseline(op.apply(x))  # back-projection: the tower means where they are observed
+    torch.testing.assert_close(b[3, 4], x[3:5, 4:6].mean())

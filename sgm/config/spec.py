@@ -410,7 +410,69 @@ class Blur(OperatorSpec):
     boundary: Literal["periodic", "reflect"] = Field("periodic", description="Edge handling.")
 
 
-Operator = Annotated[Coarsen | Sparse | Stations | Blur, Field(discriminator="kind")]
+class Gaps(OperatorSpec):
+    """Every grid value except inside lat/lon boxes: a field with missing data to infill."""
+
+    kind: Literal["gaps"] = "gaps"
+    boxes: list[tuple[float, float, float, float]] = Field(
+        min_length=1, description="Boxes of missing data [[south, north, west, east], ...] in "
+        "degrees of the stored grid's coordinates."
+    )
+
+    @field_validator("boxes")
+    @classmethod
+    def _ordered(cls, v: list[tuple[float, float, float, float]]) -> list:
+        for box in v:
+            if box[0] > box[1] or box[2] > box[3]:
+                raise ValueError(f"box {list(box)} is not [south, north, west, east]")
+        return v
+
+
+LinearOperator = Annotated[Coarsen | Sparse | Stations | Blur | Gaps,
+                           Field(discriminator="kind")]
+
+
+class Saturating(OperatorSpec):
+    """A nonlinear sensor: y = center + scale · tanh((A(x) − center) / scale), A linear."""
+
+    kind: Literal["saturating"] = "saturating"
+    of: LinearOperator = Field(description="The linear operator whose values saturate "
+                               "(its own noise_std is ignored: give noise_std here).")
+    center: float = Field(description="Reading where the sensor is linear (physical units).")
+    scale: float = Field(gt=0, description="Readings approach center ± scale but never pass.")
+
+    @property
+    def grid_multiple(self) -> int:
+        return self.of.grid_multiple
+
+    def params(self) -> dict[str, Any]:
+        return {"kind": "saturating", "of": self.of.params(), "center": self.center,
+                "scale": self.scale}
+
+
+class PythonOp(OperatorSpec):
+    """An operator written in Python: ``def f(x, lat, lon)`` on Tensor[..., H, W], in a file
+    next to the spec. This runs your own code: it needs ``trust_code: true``."""
+
+    kind: Literal["python"] = "python"
+    function: str = Field(pattern=r"^[A-Za-z_]\w*:[A-Za-z_]\w*$",
+                          description="file:function, e.g. my_operators:tower_readings for "
+                          "the function tower_readings in my_operators.py beside the spec.")
+    trust_code: Literal[True] = Field(description="Must be true: sgm imports and runs the "
+                                      "file (specs are otherwise data, never code).")
+    folder: str | None = Field(None, description="Folder of the file, relative to the spec's "
+                               "folder (default: the spec's folder); made absolute when the "
+                               "spec is read.")
+
+    def params(self) -> dict[str, Any]:
+        if self.folder is None:
+            raise ValueError("the operator's folder is unknown (load the spec with load_spec)")
+        return {"kind": "python", "function": self.function, "folder": self.folder,
+                "trust_code": True}
+
+
+Operator = Annotated[Coarsen | Sparse | Stations | Blur | Gaps | Saturating | PythonOp,
+                     Field(discriminator="kind")]
 
 
 class Conditioning(StrictModel):
@@ -528,6 +590,32 @@ def read_station_file(path: Path) -> list[Station]:
     return stations
 
 
+def _resolve_files(spec: DataSpec, base: Path) -> DataSpec:
+    """The spec with what its operator names beside it resolved (relative to ``base``): a
+    station file read, a Python operator's folder made absolute."""
+    op = spec.operator
+    inner = op.of if isinstance(op, Saturating) else op
+    update: dict[str, Any] | None = None
+    if isinstance(inner, Stations) and inner.file is not None:
+        update = {"stations": read_station_file(base / inner.file)}
+    elif isinstance(inner, PythonOp) and not (inner.folder and Path(inner.folder).is_absolute()):
+        update = {"folder": str((base / (inner.folder or ".")).resolve())}
+    if update is None:
+        return spec
+    inner = inner.model_copy(update=update)
+    op = op.model_copy(update={"of": inner}) if isinstance(op, Saturating) else inner
+    return spec.model_copy(update={"operator": op})
+
+
+def with_operator(spec: DataSpec, operator: dict[str, Any], origin: str, base: Path) -> DataSpec:
+    """The spec with another observation operator (an inversion's, stated in the workflow
+    config): validated like the spec's own, errors naming ``origin``; a station file is read
+    relative to ``base``."""
+    data = spec.model_dump(exclude_none=True)
+    data["operator"] = operator
+    return _resolve_files(validate(DataSpec, data, origin), base)
+
+
 def load_spec(path: str | Path) -> DataSpec:
     """Read and validate a data spec file (dates stay text, to be read in the data's calendar).
 
@@ -535,11 +623,7 @@ def load_spec(path: str | Path) -> DataSpec:
     returned spec states every station inline.
     """
     path = Path(path)
-    spec = validate(DataSpec, read_yaml(path, loader=_SpecLoader), path)
-    op = spec.operator
-    if isinstance(op, Stations) and op.file is not None:
-        stations = read_station_file(path.parent / op.file)
-        spec = spec.model_copy(update={"operator": op.model_copy(update={"stations": stations})})
-    return spec
+    return _resolve_files(validate(DataSpec, read_yaml(path, loader=_SpecLoader), path),
+                             path.parent)
 
 

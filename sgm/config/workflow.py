@@ -20,12 +20,18 @@ from sgm.config.base import (
     read_yaml,
     validate,
 )
-from sgm.config.spec import date_fields
+from sgm.config.spec import Operator, date_fields
 
 
 class ModelSettings(StrictModel):
-    """The U-Net's size."""
+    """What the model learns and the U-Net's size."""
 
+    kind: Literal["conditional", "prior"] = Field(
+        "conditional",
+        description="conditional: p(x | y) for the spec's observation system (amortised, "
+        "fastest); prior: p(x) alone, combined with any observation model at sampling time "
+        "(zero-shot inversion: sample.method mmps, dps or tmpd).",
+    )
     preset: Literal["tiny", "small", "base"] = "tiny"
     base_channels: int | None = Field(None, ge=4, description="Override the preset's width.")
     dropout: float = Field(
@@ -33,11 +39,21 @@ class ModelSettings(StrictModel):
         " small training set)."
     )
     sigma_data: float = Field(1.0, gt=0, description="EDM sigma_data (data are standardised).")
-    target: Literal["residual", "field"] = Field(
-        "residual",
+    target: Literal["residual", "field"] | None = Field(
+        None,
         description="What the diffusion model learns: the residual from the operator's baseline"
-        " (e.g. bicubic), scaled to unit std, or the standardised field itself.",
+        " (e.g. bicubic), scaled to unit std, or the standardised field itself. Default: "
+        "residual for conditional models, field for priors (which have no operator).",
     )
+
+    @model_validator(mode="after")
+    def _target(self) -> ModelSettings:
+        if self.target is None:
+            self.target = "field" if self.kind == "prior" else "residual"
+        elif self.kind == "prior" and self.target == "residual":
+            raise ValueError("target: a prior model has no observation operator, so it learns "
+                             "the field (target: field)")
+        return self
 
 
 class TrainSettings(StrictModel):
@@ -59,25 +75,107 @@ class TrainSettings(StrictModel):
     compile: bool = False
 
 
+SolverName = Literal["heun", "dpm", "dpm++", "sde"]
+
+
+class SolverChoice(StrictModel):
+    """A solver and its step count (``sgm.core.solvers``)."""
+
+    solver: SolverName = Field("dpm", description="heun (EDM), dpm (multistep exponential "
+                               "integrator, noise prediction), dpm++ (data prediction) or sde "
+                               "(SDE-DPM-Solver++).")
+    order: int = Field(3, ge=1, le=3, description="Order of dpm/dpm++ (1-3) or sde (1-2).")
+    steps: int = Field(8, ge=1, description="Steps: NFE = steps for dpm/dpm++/sde, 2 steps - 1 "
+                       "for heun.")
+
+    @model_validator(mode="after")
+    def _order(self) -> SolverChoice:
+        if self.solver == "sde" and self.order > 2:
+            raise ValueError("order: the sde solver has order 1 or 2")
+        return self
+
+
 class SampleSettings(StrictModel):
-    """EDM sampler settings."""
+    """Sampler settings: the solver, its discretisation and the ensemble."""
 
     members: int = Field(16, ge=2)
-    steps: int = Field(32, ge=1)
-    churn: float = Field(0.0, ge=0)
+    method: Literal["auto", "conditional", "mmps", "dps", "tmpd"] = Field(
+        "auto", description="conditional (a conditional model's p(x | y)), or a zero-shot "
+        "method for a prior model and any observation model: mmps (moment matching, Rozet et "
+        "al. 2024), dps (Chung et al. 2023), tmpd (Boys et al. 2023). auto: conditional for "
+        "conditional models, mmps for priors."
+    )
+    cg_iterations: int = Field(8, ge=0, description="Conjugate-gradient steps of mmps.")
+    dps_step: float = Field(0.3, gt=0, description="DPS step size zeta (per member).")
+    solver: SolverName = Field("dpm", description="heun, dpm, dpm++ or sde (see "
+                               "sgm.core.solvers); ignored with steps: auto.")
+    order: int = Field(3, ge=1, le=3, description="Order of the multistep solvers.")
+    steps: int | Literal["auto"] = Field(
+        8, description="Solver steps, or auto: the cheapest setting that matches a high-NFE "
+        "reference on the validation split (sgm tune-sampler, settings under tune)."
+    )
+    churn: float = Field(0.0, ge=0, description="EDM stochastic churn (heun only).")
     s_tmin: float = Field(0.0, ge=0)
     s_tmax: float = Field(1e9, ge=0)
     s_noise: float = Field(1.0, gt=0)
+    eta: float = Field(1.0, ge=0, description="Stochasticity of the sde solver (1: ancestral).")
+    start_sigma: float | None = Field(
+        None, gt=0, description="Start the multistep solvers one step earlier at this noise "
+        "level (> sigma_max) to remove the start's mean bias (one more NFE); rarely needed "
+        "with the residual target, whose posterior mean is near 0."
+    )
     sigma_min: float = Field(0.002, gt=0)
     sigma_max: float = Field(80.0, gt=0)
     rho: float = Field(7.0, gt=0)
     seed: int = 0
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, description="Members integrated together (memory); "
+                            "the members do not depend on it.")
     device: str = "auto"
+
+    @model_validator(mode="after")
+    def _order(self) -> SampleSettings:
+        if self.solver == "sde" and self.order > 2:
+            raise ValueError("order: the sde solver has order 1 or 2")
+        return self
+
+
+def _default_candidates() -> list[SolverChoice]:
+    return ([SolverChoice(solver="dpm", order=3, steps=n) for n in (4, 5, 6, 7, 8, 10, 12, 16)]
+            + [SolverChoice(solver="dpm", order=2, steps=n) for n in (6, 8, 12, 16)]
+            + [SolverChoice(solver="heun", steps=n) for n in (4, 6, 8)])
+
+
+class TuneSettings(StrictModel):
+    """How ``steps: auto`` is chosen (``sgm tune-sampler``): candidates in order of cost are
+    sampled on the validation split and compared with a high-NFE reference drawn from the
+    same initial noise; the cheapest within both tolerances wins."""
+
+    candidates: list[SolverChoice] = Field(default_factory=_default_candidates,
+                                           min_length=1)
+    reference: SolverChoice = Field(
+        default_factory=lambda: SolverChoice(solver="dpm", order=3, steps=32),
+        description="The high-NFE reference (dpm order 3 with 32 steps: calibrated to 0.1 % "
+        "on the Gaussian oracle).",
+    )
+    crps_tolerance: float = Field(0.01, gt=0, description="Largest relative fair-CRPS "
+                                  "difference from the reference.")
+    spread_tolerance: float = Field(0.02, gt=0, description="Largest relative spread "
+                                    "difference from the reference.")
+    members: int = Field(8, ge=2, description="Members per validation time.")
+    max_times: int = Field(40, ge=1, description="At most this many validation times.")
+
+
+class TuneStageSettings(SampleSettings):
+    """What ``sgm tune-sampler`` reads: the sampler settings and how to tune them."""
+
+    tune: TuneSettings = TuneSettings()
 
 
 class WorkflowSampleSettings(SampleSettings):
-    """The config's ``sample:`` section: the sampler settings plus how to split the work."""
+    """The config's ``sample:`` section: the sampler settings, how ``steps: auto`` is tuned
+    and how to split the work."""
+
+    tune: TuneSettings = TuneSettings()
 
     shards: int = Field(
         1, ge=1, description="Split the test times into this many sampling jobs (one GPU each), "
@@ -175,6 +273,54 @@ class ExternalObservations(StrictModel):
         return self
 
 
+class Inversion(StrictModel):
+    """An observation system inverted with a prior model (zero-shot Bayesian inversion): its
+    observations are simulated from the spec's validation and test fields with this operator
+    and noise, and the prior samples their posterior with a zero-shot method."""
+
+    spec: str = Field(pattern=NAME_PATTERN, description="The data spec.")
+    name: str = Field(
+        pattern=NAME_PATTERN, description="Name of this observation system (results/<spec>/"
+        "inversions/<name>/ and results/<spec>/<prior>/inversions/<name>/)."
+    )
+    prior: str = Field(pattern=NAME_PATTERN, description="A model of models: with kind: "
+                       "prior.")
+    operator: Operator = Field(description="The observation operator and its noise_std, as in "
+                               "a data spec (a station file is relative to spec_dir).")
+    sample: dict[str, Any] = Field(
+        {}, description="Sampler settings for this inversion, over those of sample: (e.g. "
+        "{method: dps, steps: 16})."
+    )
+
+    @field_validator("sample")
+    @classmethod
+    def _sample_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(SampleSettings.model_fields))
+        if unknown:
+            raise ValueError(f"unknown sampler setting(s) {', '.join(unknown)}")
+        return v
+
+
+class ProductsSettings(StrictModel):
+    """The analysts' files beside every posterior.zarr: posterior.nc (CF-1.10 NetCDF) and
+    products.zarr (ensemble mean, std, quantiles, exceedance probabilities per time step)."""
+
+    enabled: bool = Field(True, description="Write posterior.nc and products.zarr (sgm export, "
+                          "sgm products) for every spec and model.")
+    quantiles: list[Annotated[float, Field(ge=0, le=1)]] = Field(
+        [0.05, 0.5, 0.95], description="Quantile levels of products.zarr (empty: none)."
+    )
+    thresholds: dict[str, dict[str, list[float]]] = Field(
+        {}, description="spec -> variable -> thresholds in the variable's units: products.zarr "
+        "holds the probability of exceeding each (fraction of members above it)."
+    )
+    chunks: Literal["time", "pixel"] = Field(
+        "time", description="Chunk layout of posterior.nc and products.zarr: time (a few whole "
+        "maps per chunk: fast maps, what reports read) or pixel (every time of a block of "
+        "pixels: fast time series at a point)."
+    )
+
+
 class WorkflowConfig(StrictModel):
     """config/config.yaml."""
 
@@ -185,9 +331,29 @@ class WorkflowConfig(StrictModel):
     sample: WorkflowSampleSettings = WorkflowSampleSettings()
     report: ReportSettings = ReportSettings()
     resources: Resources = Resources()
+    products: ProductsSettings = ProductsSettings()
     external: list[ExternalObservations] = Field(
         [], description="Observations from files training never saw, sampled by every model."
     )
+    inversions: list[Inversion] = Field(
+        [], description="Observation systems inverted with a prior model (zero-shot)."
+    )
+
+    @model_validator(mode="after")
+    def _inversions(self) -> WorkflowConfig:
+        seen = set()
+        for i, inv in enumerate(self.inversions):
+            if (inv.spec, inv.name) in seen:
+                raise ValueError(f"inversions.{i}: spec {inv.spec!r} has two inversions named "
+                                 f"{inv.name!r}")
+            seen.add((inv.spec, inv.name))
+            entry = self.models.get(inv.prior)
+            if entry is None or entry.model.kind != "prior":
+                raise ValueError(f"inversions.{i}.prior: {inv.prior!r} is not a model of kind "
+                                 "prior in models:")
+            SampleSettings.model_validate({**self.sample.model_dump(exclude={"shards", "tune"}),
+                                           **inv.sample})
+        return self
 
 
 def load_workflow_config(path: str | Path) -> WorkflowConfig:

@@ -185,3 +185,16 @@ def training_pairs(
         return (z if target is None else target.forward(z, y)), cond
 
     return make_pair
+
+
+def prior_pairs(static: Tensor | None) -> Callable[[Tensor, torch.Generator], tuple[Tensor,
+                                                                                  Tensor | None]]:
+    """``make_pair`` of a prior model p(x): the target is the field itself and the only
+    conditioning is the static channels (none when there are none)."""
+
+    def make_pair(batch: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor | None]:
+        if static is None or not static.numel():
+            return batch, None
+        return batch, static.to(batch).expand(batch.shape[0], -1, -1, -1)
+
+    return make_pair

@@ -20,7 +20,51 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sgm.core.operators import ObservationOperator, build_operator
+from sgm.core.operators import Blur, Coarsen, ObservationOperator, SparseMask, Stations
+from sgm.core.sensors import Gaps, PythonOperator, Saturating
+
+OPERATORS: dict[str, tuple[type[ObservationOperator], frozenset[str]]] = {
+    "coarsen": (Coarsen, frozenset({"factor"})),
+    "sparse": (SparseMask, frozenset({"fraction", "seed", "points"})),
+    "stations": (Stations, frozenset({"stations"})),
+    "blur": (Blur, frozenset({"sigma_pixels", "boundary"})),
+    "gaps": (Gaps, frozenset({"boxes"})),
+    "saturating": (Saturating, frozenset({"of", "center", "scale"})),
+    "python": (PythonOperator, frozenset({"function", "folder", "trust_code", "sha256"})),
+}
+
+
+def build_operator(cfg: Mapping[str, Any], lat: np.ndarray, lon: np.ndarray
+                   ) -> ObservationOperator:
+    """Build an operator from its parameters, e.g. {"kind": "coarsen", "factor": 4}, on the grid
+    with coordinates lat[H], lon[W].
+
+    Kinds and keys: coarsen (factor), sparse (fraction, seed | points), stations (stations: a
+    list of {id, lat, lon}), blur (sigma_pixels, boundary), gaps (boxes), saturating (of: an
+    operator, center, scale), python (function, folder, trust_code). Unknown kinds or keys raise
+    ValueError.
+    """
+    if "kind" not in cfg:
+        raise ValueError(f"Operator config needs a 'kind' key (one of {sorted(OPERATORS)}).")
+    kind = cfg["kind"]
+    if kind not in OPERATORS:
+        raise ValueError(f"Unknown operator kind {kind!r}; expected one of {sorted(OPERATORS)}.")
+    cls, allowed = OPERATORS[kind]
+    kwargs = {k: v for k, v in cfg.items() if k != "kind"}
+    for key in kwargs:
+        if key not in allowed:
+            raise ValueError(
+                f"Unknown key {key!r} for operator kind {kind!r}; allowed keys: {sorted(allowed)}."
+            )
+    if kind == "saturating":
+        inner = build_operator(kwargs.pop("of"), lat, lon)
+        if not inner.linear:
+            raise ValueError("saturating: the inner operator ('of') must be linear")
+        return Saturating(inner, **kwargs)
+    try:
+        return cls.on_grid(np.asarray(lat), np.asarray(lon), **kwargs)
+    except TypeError as err:
+        raise ValueError(f"Invalid config for operator kind {kind!r}: {err}") from err
 
 
 class ObservationModel:
@@ -105,6 +149,11 @@ class ObservationModel:
     @property
     def baseline_name(self) -> str:
         return self.operator.baseline_name
+
+    @property
+    def linear(self) -> bool:
+        """Whether A is linear (the Gaussian baseline and exact oracle need it)."""
+        return self.operator.linear
 
     def noise_std(self, like: Tensor | None = None) -> Tensor:
         """η as Tensor[C] (float64, or the dtype and device of ``like``)."""

@@ -7,8 +7,9 @@ back onto the grid (``to_grid``, a conditional network's input channels), a dete
 ``baseline`` interpolation with its ``baseline_name``, and the coordinates of every observation.
 Noise is not the operator's business: :class:`sgm.core.observation.ObservationModel` adds it.
 
-A new operator is one subclass here (registered in ``OPERATORS``) plus its spec model in
-``sgm.config.spec``; nothing else in the package branches on the kind.
+A new operator is one subclass here or in ``sgm.core.sensors`` (registered in
+``sgm.core.observation.OPERATORS``) plus its spec model in ``sgm.config.spec``; nothing else in
+the package branches on the kind.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ObservationOperator(ABC):
     baseline_name: ClassVar[str]
     cond_channels: ClassVar[int]
     obs_dims: ClassVar[tuple[str, ...]]
+    linear: ClassVar[bool] = True
 
     def __init__(self, grid: tuple[int, int]) -> None:
         self.grid = _check_grid(grid)
@@ -77,7 +79,8 @@ class ObservationOperator(ABC):
 
     @abstractmethod
     def to_dict(self) -> dict[str, Any]:
-        """Parameters such that ``build_operator(op.to_dict(), lat, lon)`` rebuilds ``op``."""
+        """Parameters such that ``observation.build_operator(op.to_dict(), lat, lon)`` rebuilds
+        ``op``."""
 
     def coords(self, lat: np.ndarray, lon: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(latitude, longitude)[*obs_shape] of every observation: A applied to the coordinate
@@ -436,37 +439,3 @@ class Blur(ObservationOperator):
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "blur", "sigma_pixels": self.sigma_pixels, "boundary": self.boundary}
-
-
-OPERATORS: dict[str, tuple[type[ObservationOperator], frozenset[str]]] = {
-    "coarsen": (Coarsen, frozenset({"factor"})),
-    "sparse": (SparseMask, frozenset({"fraction", "seed", "points"})),
-    "stations": (Stations, frozenset({"stations"})),
-    "blur": (Blur, frozenset({"sigma_pixels", "boundary"})),
-}
-
-
-def build_operator(cfg: dict[str, Any], lat: np.ndarray, lon: np.ndarray) -> ObservationOperator:
-    """Build an operator from its parameters, e.g. {"kind": "coarsen", "factor": 4}, on the grid
-    with coordinates lat[H], lon[W].
-
-    Kinds and keys: coarsen (factor), sparse (fraction, seed | points), stations (stations: a
-    list of {id, lat, lon}), blur (sigma_pixels, boundary). Unknown kinds or keys raise
-    ValueError.
-    """
-    if "kind" not in cfg:
-        raise ValueError(f"Operator config needs a 'kind' key (one of {sorted(OPERATORS)}).")
-    kind = cfg["kind"]
-    if kind not in OPERATORS:
-        raise ValueError(f"Unknown operator kind {kind!r}; expected one of {sorted(OPERATORS)}.")
-    cls, allowed = OPERATORS[kind]
-    kwargs = {k: v for k, v in cfg.items() if k != "kind"}
-    for key in kwargs:
-        if key not in allowed:
-            raise ValueError(
-                f"Unknown key {key!r} for operator kind {kind!r}; allowed keys: {sorted(allowed)}."
-            )
-    try:
-        return cls.on_grid(np.asarray(lat), np.asarray(lon), **kwargs)
-    except TypeError as err:
-        raise ValueError(f"Invalid config for operator kind {kind!r}: {err}") from err

@@ -66,7 +66,7 @@ def member_seed(seed: int, time_index: int, member: int) -> int:
     return int(state[0]) & (2**63 - 1)
 
 
-def _per_sample_normal(
+def per_sample_normal(
     generators: Sequence[torch.Generator],
     shape: tuple[int, int, int],
     device: torch.device | None,
@@ -144,7 +144,7 @@ def edm_sampler(
         sigma = torch.full((batch,), t, device=device, dtype=dtype)
         return denoise(x.to(dtype), sigma).to(state)
 
-    x_next = _per_sample_normal(gens, shape, device, dtype).to(state) * t_steps[0]
+    x_next = per_sample_normal(gens, shape, device, dtype).to(state) * t_steps[0]
     gamma_max = min(churn / steps, math.sqrt(2.0) - 1.0) if churn > 0 else 0.0
     for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:], strict=True)):
         x_cur = x_next
@@ -153,7 +153,7 @@ def edm_sampler(
         gamma = gamma_max if s_tmin <= t_cur <= s_tmax else 0.0
         t_hat = t_cur + gamma * t_cur
         if gamma > 0.0:
-            eps = _per_sample_normal(gens, shape, device, dtype).to(state)
+            eps = per_sample_normal(gens, shape, device, dtype).to(state)
             x_hat = x_cur + math.sqrt(t_hat**2 - t_cur**2) * s_noise * eps
         else:
             x_hat = x_cur

@@ -11,8 +11,10 @@ def karras_sigmas(
     sigma_min: float = 0.002,
     sigma_max: float = 80.0,
     rho: float = 7.0,
+    final_zero: bool = True,
 ) -> Tensor:
-    """Noise levels of the EDM time discretisation, with a final zero appended.
+    """Noise levels of the EDM time discretisation, with a final zero appended (unless
+    ``final_zero`` is False: then the grid ends at sigma_min, as multistep solvers use it).
 
     EDM eq. 5 (Karras et al. 2022, "Elucidating the Design Space of Diffusion-Based
     Generative Models", NeurIPS):
@@ -28,7 +30,8 @@ def karras_sigmas(
 
     Returns:
         Tensor[steps + 1], float64, strictly decreasing from sigma_max to 0.
-        With steps == 1 it is [sigma_max, 0].
+        With steps == 1 it is [sigma_max, 0]. Without the final zero: Tensor[steps] from
+        sigma_max to sigma_min (steps >= 2).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
@@ -42,4 +45,8 @@ def karras_sigmas(
     frac = i / max(steps - 1, 1)
     lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
     sigmas = (hi + frac * (lo - hi)) ** rho
+    if not final_zero:
+        if steps < 2:
+            raise ValueError("a grid ending at sigma_min needs at least 2 levels.")
+        return sigmas
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])

@@ -49,6 +49,7 @@ SAMPLE_SEED = "sgm_seed"
 SHARD = "sgm_shard"
 SPLIT = "sgm_split"
 VERSION = "sgm_version"
+COST = "sgm_cost"
 N_TIMES = "sgm_n_times"
 PROVENANCE_KEYS = (SPEC, MODEL_HASH, SAMPLER, SAMPLE_SEED)
 

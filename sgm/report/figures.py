@@ -240,3 +240,35 @@ def reobs_chi2_figure(entries: dict[str, dict], labels: list[str]) -> Figure:
         _time_ticks(ax, labels)
         ax.legend(fontsize=8)
     return fig
+
+
+# ------------------------------------------------------------- sampler tuning
+
+
+def tuning_figure(tuning: dict) -> Figure:
+    """Relative fair-CRPS and spread differences from the reference against NFE, per solver
+    (the curve of ``sgm tune-sampler``), with the tolerance bands and the chosen setting."""
+    fig = new_figure(9.0, 3.2)
+    axes = fig.subplots(1, 2)
+    lines: dict[str, list[dict]] = {}
+    for row in tuning["curve"]:
+        name = row["solver"] if row["solver"] == "heun" else f"{row['solver']} order {row['order']}"
+        lines.setdefault(name, []).append(row)
+    chosen = tuning["chosen"]
+    for ax, key, tol, label in ((axes[0], "crps_rel", tuning["tolerances"]["crps"], "fair CRPS"),
+                                (axes[1], "spread_rel", tuning["tolerances"]["spread"],
+                                 "spread")):
+        ax.axhspan(-100 * tol, 100 * tol, color="0.9", label=f"±{100 * tol:g} % tolerance")
+        for name, rows in lines.items():
+            nfe = [r["nfe"] for r in rows]
+            worst = [100 * max(r[key], key=abs) for r in rows]
+            ax.plot(nfe, worst, "o-", ms=4, label=name)
+        for r in tuning["curve"]:
+            if all(r[k] == chosen[k] for k in ("solver", "order", "steps")):
+                ax.plot(r["nfe"], 100 * max(r[key], key=abs), "*", ms=14, color="k",
+                        label="chosen")
+        ax.set(xlabel="network evaluations per member (NFE)",
+               ylabel=f"{label} vs reference (%)", xscale="log")
+        ax.set_ylim(max(ax.get_ylim()[0], -60), min(ax.get_ylim()[1], 60))
+    axes[0].legend(fontsize=7)
+    return fig

@@ -24,6 +24,7 @@ from sgm.report.figures import (
     rank_histogram_figure,
     spectra_figure,
     spread_skill_figure,
+    tuning_figure,
 )
 from sgm.report.page import Page, fmt, generated, header_html, threshold_text
 
@@ -145,10 +146,12 @@ def write_posterior_report(
     loss: tuple[np.ndarray, np.ndarray, str],
     title: str,
     test_period: str,
+    tuning: dict[str, Any] | None = None,
 ) -> Path:
     """Write the evaluation report ``out_html`` (and its figures as PNG files beside it).
 
-    ``loss`` is the training loss log: (step[N], loss[N], the log's file name).
+    ``loss`` is the training loss log: (step[N], loss[N], the log's file name); ``tuning``
+    the output of ``sgm tune-sampler`` when the sampler was tuned.
     """
     page = Page()
     entries: dict[str, dict] = metrics["variables"]
@@ -194,11 +197,44 @@ def write_posterior_report(
         "should follow the truth at all scales; smooth interpolation loses power at small "
         "scales (high k), blocky fills gain it.",
     )
+    if tuning is not None:
+        page.add_html("<h2>Sampler</h2>" + _tuning_html(tuning))
+        page.add_figure(
+            "tuning.png", tuning_figure(tuning),
+            "How the sampler was chosen (sgm tune-sampler, steps: auto): every candidate and a "
+            "high-NFE reference sample the validation split from the same initial noise; the "
+            "cheapest candidate whose fair CRPS and spread are within the tolerances (grey "
+            "band) of the reference's is used. Curves show the largest relative difference "
+            "over variables; candidates dearer than the chosen one are not run.",
+        )
     page.add_html("<h2>Training</h2>")
     page.add_figure("loss.png", loss_figure(loss[0], loss[1]),
                     f"Denoising loss per step from {html.escape(loss[2])}.")
     header = header_html(title, _provenance(metrics, test_period), INTRO)
     return page.write(out_html, title, header)
+
+
+def sampler_text(sampler: dict[str, Any] | str) -> str:
+    """The sampler of a posterior in words: 'dpm order 3, 8 steps (8 NFE), 16 members'."""
+    if not isinstance(sampler, dict):
+        return str(sampler)
+    name = sampler.get("solver", sampler.get("name", "?"))
+    order = "" if name in ("heun", "edm_heun") else f" order {sampler.get('order')}"
+    nfe = f" ({sampler['nfe']} NFE)" if "nfe" in sampler else ""
+    method = sampler.get("method", "conditional")
+    return (f"{method}: {name}{order}, {sampler.get('steps')} steps{nfe}, "
+            f"{sampler.get('members')} members, seed {sampler.get('seed')}")
+
+
+def _tuning_html(tuning: dict[str, Any]) -> str:
+    c, ref = tuning["chosen"], tuning["reference"]
+    return (f"<p>Chosen on the validation split ({tuning['n_times']} times × "
+            f"{tuning['members']} members): <b>{html.escape(str(c['solver']))}"
+            f"{'' if c['solver'] == 'heun' else ' order ' + str(c['order'])}, {c['steps']} "
+            f"steps = {c['nfe']} network evaluations per member</b>, against the reference "
+            f"{html.escape(str(ref['solver']))} order {ref['order']} with {ref['nfe']} NFE "
+            f"(tolerances: fair CRPS within {100 * tuning['tolerances']['crps']:g} %, spread "
+            f"within {100 * tuning['tolerances']['spread']:g} %).</p>")
 
 
 def _provenance(m: dict, test_period: str) -> dict[str, Any]:
@@ -207,7 +243,7 @@ def _provenance(m: dict, test_period: str) -> dict[str, Any]:
     return {
         "Data spec": m.get("spec") or prov.get("sgm_spec", "?"),
         "Model hash": prov.get("sgm_model_hash", "—"),
-        "Sampler": json.dumps(prov.get("sgm_sampler", "—")),
+        "Sampler": sampler_text(prov.get("sgm_sampler", "—")),
         "Sampling seed": prov.get("sgm_seed", "—"),
         "Operator": json.dumps(m.get("operator")),
         "Noise std": json.dumps(m.get("noise_std")),

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
 
-from sgm.config import SpecError, load_spec
+from sgm.config import SpecError, load_spec, with_operator
 from sgm.core.observation import ObservationModel
 from sgm.io import layout
 from sgm.io.stores import StoreError, check_output, open_store, write_store
@@ -23,14 +24,22 @@ from sgm.io.stores import StoreError, check_output, open_store, write_store
 log = logging.getLogger(__name__)
 
 
-def observe(spec_path: str | Path, fields_path: str | Path, out: str | Path) -> Path:
+def observe(spec_path: str | Path, fields_path: str | Path, out: str | Path,
+            operator: dict[str, Any] | None = None) -> Path:
     """Write the observations of the val and test splits atomically.
 
     They are drawn as y = A(x) + η·ε with a fixed seed, or, for a spec with a paired
     low-resolution source, taken from that source (real coarse fields, no added noise; the
     spec's ``noise_std`` then states the assumed mismatch, used by re-observation checks).
+    ``operator`` replaces the spec's operator (an inversion of another observation system with
+    a prior model; a station file is then read relative to the spec's folder).
     """
     spec = load_spec(spec_path)
+    if operator is not None:
+        if spec.paired is not None:
+            raise SpecError(f"--operator: {spec_path} has a paired source, whose observations "
+                            "are real coarse fields, not made by an operator")
+        spec = with_operator(spec, operator, "--operator", Path(spec_path).parent)
     out = check_output(out)
     fields = open_store(fields_path)
     layout.check_same_spec(spec.name, {str(fields_path): layout.spec_of(fields)})

@@ -35,6 +35,18 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     return m
 
 
+def read_tuning(path: str | Path) -> dict[str, Any]:
+    """The output of ``sgm tune-sampler``; one sentence if it is not."""
+    try:
+        tuning = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not {"chosen", "curve", "reference", "tolerances"} <= set(tuning):
+            raise KeyError("chosen, curve, reference, tolerances")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a tuning file written by sgm tune-sampler ({exc})"
+                         ) from None
+    return tuning
+
+
 def report(
     fields_path: str | Path,
     obs_path: str | Path,
@@ -45,12 +57,14 @@ def report(
     n_maps: int = 3,
     threshold: float | None = None,
     title: str | None = None,
+    tuning: str | Path | None = None,
 ) -> Path:
     """Write the HTML report ``out_html`` and its figures as PNG files beside it.
 
     ``n_maps`` test times evenly spread over the test period are mapped; ``threshold`` (in each
     variable's units, the same for all variables) defaults per variable to the 90th percentile
-    of the test truth. Returns the path of the HTML file.
+    of the test truth. ``tuning`` (tuning.json) adds how the sampler was chosen. Returns the
+    path of the HTML file.
     """
     fields, obs, post = open_store(fields_path), open_store(obs_path), open_store(posterior_path)
     m = read_metrics(metrics_path)
@@ -82,5 +96,6 @@ def report(
     grid = MapGrid(lat, lon, layout.observation_positions(obs, first),
                    [time_label(t) for t in times.values[t_idx]])
     title = title or f"sgm posterior report — {spec}"
+    tuned = read_tuning(tuning) if tuning is not None else None
     return write_posterior_report(out_html, m, maps, grid, (steps, losses, Path(loss_csv).name),
-                                  title, period(times.values))
+                                  title, period(times.values), tuned)

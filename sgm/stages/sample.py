@@ -1,32 +1,37 @@
 """Stage ``sample``: ``model.pt`` + ``obs.zarr`` → ``posterior.zarr``.
 
-For every observation time t and member m, the EDM Heun sampler integrates from pure noise
-with the seed ``member_seed(seed, t, m)``, where t is the time's index in ``obs.zarr``: a member
-is the same whatever the batch size or the shard it was drawn in. The ensemble is written in
-physical units with dims (time, member, lat, lon) and provenance attributes.
+For every observation time t and member m, the configured solver (``sgm.core.solvers``: the
+multistep ``dpm`` by default, EDM's Heun on request) integrates from pure noise with the seed
+``member_seed(seed, t, m)``, where t is the time's index in ``obs.zarr``: a member is bitwise
+the same whatever the batch size or the shard it was drawn in. With ``steps: auto`` the solver
+and step count come from ``sgm tune-sampler`` (``--tuning``). A conditional model samples
+p(x | y) for the observation system it was trained for; a prior model samples the posterior of
+whatever observation model ``obs.zarr`` describes, with a zero-shot method (MMPS by default,
+DPS, TMPD; ``sgm.core.zero_shot``). The ensemble is written in physical units with dims
+(time, member, lat, lon), provenance attributes and the cost per member.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
-from tqdm import tqdm
 
 from sgm import __version__
 from sgm.config import SampleSettings, validate
-from sgm.core.conditioning import ResidualTarget, Standardiser, conditioning
 from sgm.core.device import pick_device
 from sgm.core.observation import ObservationModel
-from sgm.core.precond import new_denoiser
-from sgm.core.sampler import edm_sampler, fixed_batch, member_seed
-from sgm.core.schedule import karras_sigmas
+from sgm.core.posterior import ConditionalModel
+from sgm.core.solvers import Solver
+from sgm.core.zero_shot import PriorModel
 from sgm.io import layout
+from sgm.io.cf_export import with_cf_attributes
 from sgm.io.modelfile import read_model
 from sgm.io.stores import check_output, open_store, write_store
 
@@ -36,52 +41,19 @@ log = logging.getLogger(__name__)
 def shard_times(n_times: int, shard: int, shards: int) -> np.ndarray:
     """Indices of the times in shard ``shard`` of ``shards`` (contiguous, balanced)."""
     if not 0 <= shard < shards:
-        raise ValueError(f"shard {shard} is not in [0, {shards})")
+        raise ValueError(f"--shard {shard}: not in 0..{shards - 1} (--shards {shards})")
     return np.array_split(np.arange(n_times), shards)[shard]
 
 
-@torch.no_grad()
-def draw_members(
-    precond: torch.nn.Module,
-    cond: torch.Tensor,
-    time_index: np.ndarray,
-    settings: SampleSettings,
-    device: torch.device,
-    progress: bool = True,
-) -> torch.Tensor:
-    """Posterior members in standardised units.
-
-    Args:
-        cond: conditioning [T, K, H, W] of the T selected times.
-        time_index: [T] index of each time in obs.zarr (part of every member's seed).
-
-    Returns:
-        [T, M, C, H, W] on the CPU.
-    """
-    n_times, (_, height, width) = cond.shape[0], cond.shape[1:]
-    members, channels = settings.members, precond.channels
-    pairs = [(t, m) for t in range(n_times) for m in range(members)]
-    sigmas = karras_sigmas(settings.steps, settings.sigma_min, settings.sigma_max, settings.rho)
-    out = torch.empty(n_times, members, channels, height, width)
-    network = fixed_batch(precond)
-    batches = range(0, len(pairs), settings.batch_size)
-    for start in tqdm(batches, desc="sample", unit="batch", disable=not progress):
-        chunk = pairs[start : start + settings.batch_size]
-        rows = torch.tensor([t for t, _ in chunk])
-        cond_b = cond[rows].to(device)
-        seeds = [member_seed(settings.seed, int(time_index[t]), m) for t, m in chunk]
-
-        def denoise(x: torch.Tensor, sigma: torch.Tensor, c: torch.Tensor = cond_b) -> torch.Tensor:
-            return network(x, sigma, c)
-
-        x = edm_sampler(
-            denoise, (channels, height, width), seeds, sigmas.to(device), churn=settings.churn,
-            s_tmin=settings.s_tmin, s_tmax=settings.s_tmax, s_noise=settings.s_noise,
-            device=device,
-        ).cpu()
-        for (t, m), member in zip(chunk, x, strict=True):
-            out[t, m] = member
-    return out
+def read_tuning(path: str | Path) -> dict[str, Any]:
+    """The choice of ``sgm tune-sampler`` ({solver, order, steps, nfe})."""
+    try:
+        tuning = json.loads(Path(path).read_text(encoding="utf-8"))
+        choice = tuning["chosen"]
+        return {k: choice[k] for k in ("solver", "order", "steps")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a tuning file written by sgm tune-sampler "
+                         f"({exc.__class__.__name__}: {exc})") from None
 
 
 def sample_stage(
@@ -92,50 +64,61 @@ def sample_stage(
     shard: tuple[int, int] = (0, 1),
     split: str = "test",
     progress: bool = True,
+    tuning: str | Path | None = None,
 ) -> Path:
     """Draw the posterior ensemble for the ``split`` times of ``obs.zarr`` (``all``: every time)."""
     cfg: SampleSettings = validate(SampleSettings, settings, "--settings")
     out = check_output(out)
+    if cfg.steps == "auto" and tuning is None:
+        raise ValueError("--settings: steps: auto needs --tuning (the output of sgm "
+                         "tune-sampler)")
+    solver = Solver.from_settings(cfg.model_dump(), read_tuning(tuning) if tuning else None)
     device = pick_device(cfg.device)
-    model = read_model(model_path)
-    meta = model.meta
+    model_file = read_model(model_path)
+    meta = model_file.meta
     obs_store = open_store(obs_path)
     layout.check_same_spec(meta["spec"], {str(obs_path): layout.spec_of(obs_store)})
     layout.check_split(obs_store, split, obs_path)
-    if not 0 <= shard[0] < shard[1]:
-        raise ValueError(f"--shard {shard[0]}: not in 0..{shard[1] - 1} (--shards {shard[1]})")
-    obs = ObservationModel.from_dict(meta["observation"])
+    kind = meta.get("kind", "conditional")
+    method = cfg.method if cfg.method != "auto" else ("mmps" if kind == "prior" else
+                                                      "conditional")
+    if (method == "conditional") != (kind == "conditional"):
+        raise ValueError(f"--settings: method {method!r} needs a "
+                         f"{'conditional' if method == 'conditional' else 'prior'} model, but "
+                         f"{model_path} is a {kind} model")
     variables = list(meta["variables"])
     missing = [v for v in variables if v not in obs_store.data_vars]
     if missing:
         raise ValueError(f"{obs_path}: variable(s) {missing} missing; the model needs {variables}")
-    observed = layout.observation_description(obs_store)["operator"]
-    if observed != obs.operator.to_dict():
-        raise ValueError(f"{obs_path}: its observations were made with {observed}, but the "
-                         f"model {model_path} was trained for {obs.operator.to_dict()}")
-    m = meta["model"]
-    precond = new_denoiser(m["preset"], int(meta["in_channels"]), int(meta["out_channels"]),
-                           m["sigma_data"], m["base_channels"], m["dropout"])
-    precond.load_state_dict(model.weights)
-    precond = precond.to(device).eval()
-
+    observation = ObservationModel.from_dict(layout.observation_description(obs_store))
     index = layout.split_index(obs_store, split)
     index = index[shard_times(len(index), *shard)]
-    stats = Standardiser.from_dict(meta["normalisation"], variables)
-    y = stats.forward(torch.from_numpy(layout.stack(obs_store, variables, index)))
+    y = torch.from_numpy(layout.stack(obs_store, variables, index))
     if not torch.isfinite(y).all():
         raise ValueError(f"{obs_path}: the observations of the {split} times are not all finite")
-    cond = conditioning(obs, y, meta["static"])
-    log.info("sample %s: %d times × %d members, %d steps, churn %s, on %s",
-             meta["spec"], len(index), cfg.members, cfg.steps, cfg.churn, device)
+    log.info("sample %s: %d times × %d members, %s, %s, on %s", meta["spec"], len(index),
+             cfg.members, method, solver.label(), device)
+    cost: dict[str, Any] = {"solver_nfe": solver.nfe}
+    start = time.perf_counter()
+    if kind == "prior":
+        model = PriorModel.from_state(model_file.weights, meta, device)
+        x = model.sample(observation, y, index, cfg.members, solver, method, cfg.seed,
+                         cfg.batch_size, cfg.cg_iterations, cfg.dps_step, progress).numpy()
+        evaluations, jacobians = model.cost.per_member(len(index) * cfg.members)
+        cost.update(network_evaluations=evaluations, jacobian_products=jacobians)
+    else:
+        model = ConditionalModel.from_state(model_file.weights, meta, device)
+        trained = model.obs.operator.to_dict()
+        if observation.operator.to_dict() != trained:
+            raise ValueError(f"{obs_path}: its observations were made with "
+                             f"{observation.operator.to_dict()}, but the conditional model "
+                             f"{model_path} was trained for {trained} (a prior model with a "
+                             "zero-shot method inverts any observation system)")
+        x = model.sample(y, index, cfg.members, solver, cfg.seed, cfg.batch_size,
+                         progress).numpy()
+        cost.update(network_evaluations=float(solver.nfe), jacobian_products=0.0)
+    cost["seconds_per_member"] = (time.perf_counter() - start) / (len(index) * cfg.members)
 
-    z = draw_members(precond, cond, index, cfg, device, progress)  # [T, M, C, H, W]
-    if meta.get("residual_scale") is not None:
-        target = ResidualTarget(obs, torch.tensor(meta["residual_scale"]))
-        members = z.flatten(0, 1)
-        y_rep = y.repeat_interleave(cfg.members, dim=0)
-        z = target.inverse(members, y_rep).view(z.shape)
-    x = stats.inverse(z, dim=2).numpy().astype(np.float32)
     lat, lon = np.asarray(meta["grid"]["lat"]), np.asarray(meta["grid"]["lon"])
     data = {
         v: (("time", "member", "lat", "lon"), x[:, :, i], dict(meta["var_attrs"][v]))
@@ -151,15 +134,17 @@ def sample_stage(
             "obs_index": ("time", index),
         },
     )
+    sampler = {**cfg.model_dump(), **solver.choice(), "method": method}
     attrs = {
         layout.SPEC: meta["spec"],
-        layout.MODEL_HASH: model.digest,
+        layout.MODEL_HASH: model_file.digest,
         layout.MODEL_STEP: int(meta["step"]),
-        layout.SAMPLER: json.dumps({"name": "edm_heun", **cfg.model_dump()}, sort_keys=True),
+        layout.SAMPLER: json.dumps(sampler, sort_keys=True),
         layout.SAMPLE_SEED: cfg.seed,
         layout.SHARD: json.dumps(list(shard)),
         layout.SPLIT: split,
         layout.VERSION: __version__,
         layout.OBSERVATION: obs_store.attrs[layout.OBSERVATION],
+        layout.COST: json.dumps(cost, sort_keys=True),
     }
-    return write_store(ds, out, attrs=attrs)
+    return write_store(with_cf_attributes(ds), out, attrs=attrs)

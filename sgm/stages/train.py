@@ -25,6 +25,7 @@ from sgm.core.conditioning import (
     Standardiser,
     pack_paired,
     paired_observations,
+    prior_pairs,
     residual_scale,
     simulate_observations,
     simulated_observations,
@@ -64,33 +65,14 @@ def _lock(workdir: Path) -> contextlib.AbstractContextManager:
     return FolderLock(workdir, what="training folder")
 
 
-def train_stage(
-    spec_path: str | Path,
-    fields_path: str | Path,
-    obs_path: str | Path,
-    out: str | Path,
-    settings: dict[str, Any],
-    workdir: str | Path | None = None,
-    progress: bool = True,
-) -> Path:
-    """Train the conditional EDM model on the training split and write ``out`` (model.pt)."""
-    out = Path(out)
-    entry: ModelEntry = validate(ModelEntry, settings, "--settings")
-    pick_device(entry.train.device)  # an unknown or absent device fails before any work
-    spec = load_spec(spec_path)
-    fields, obs_store = open_store(fields_path), open_store(obs_path)
-    layout.check_same_spec(spec.name, {str(fields_path): layout.spec_of(fields),
-                                       str(obs_path): layout.spec_of(obs_store)})
-    obs = ObservationModel.from_dict(layout.observation_description(obs_store))
-    variables = list(obs.variables)
-    stats = Standardiser.from_dict(json_attr(fields, layout.NORMALISATION), variables)
-    train_index = layout.split_index(fields, "train")
-    z = stats.forward(torch.from_numpy(layout.stack(fields, variables, train_index)))
-    static = _static(fields, stats, spec.conditioning.climatology)
-    channels = len(variables)
+def _conditional(spec: Any, fields: xr.Dataset, fields_path: str | Path, obs: ObservationModel,
+                 stats: Standardiser, z: torch.Tensor, static: torch.Tensor,
+                 train_index: Any, entry: ModelEntry) -> tuple:
+    """Training data, make_pair, input channels and residual target of a conditional model."""
+    channels = z.shape[1]
     if spec.paired is not None:  # real coarse fields, aligned in time with the targets
         paired = open_store(layout.paired_path(fields_path))
-        y = stats.forward(torch.from_numpy(layout.stack(paired, variables, train_index)))
+        y = stats.forward(torch.from_numpy(layout.stack(paired, stats.variables, train_index)))
         observer = paired_observations(obs, channels)
         data = pack_paired(obs, z, y)
     else:
@@ -103,14 +85,59 @@ def train_stage(
         log.info("target: residual from the %s baseline, std %s (standardised units)",
                  obs.baseline_name, [round(float(v), 4) for v in target.scale])
     make_pair = training_pairs(obs, observer, static, target)
-
     in_channels = channels + channels * obs.cond_channels + static.shape[0]
+    return data, make_pair, in_channels, target
+
+
+def train_stage(
+    spec_path: str | Path,
+    fields_path: str | Path,
+    obs_path: str | Path | None,
+    out: str | Path,
+    settings: dict[str, Any],
+    workdir: str | Path | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train an EDM model on the training split and write ``out`` (model.pt).
+
+    A conditional model learns p(x | y) for the observation model of ``obs_path``; a prior
+    (``model.kind: prior``) learns p(x) from the fields alone and needs no ``obs_path``.
+    """
+    out = Path(out)
+    entry: ModelEntry = validate(ModelEntry, settings, "--settings")
+    pick_device(entry.train.device)  # an unknown or absent device fails before any work
+    spec = load_spec(spec_path)
+    fields = open_store(fields_path)
+    prior = entry.model.kind == "prior"
+    if not prior and obs_path is None:
+        raise ValueError("--obs: a conditional model needs the observations it learns from "
+                         "(obs.zarr)")
+    named = {str(fields_path): layout.spec_of(fields)}
+    obs = None
+    if not prior:
+        obs_store = open_store(obs_path)
+        named[str(obs_path)] = layout.spec_of(obs_store)
+        obs = ObservationModel.from_dict(layout.observation_description(obs_store))
+    layout.check_same_spec(spec.name, named)
+    variables = layout.variables_of(fields)
+    stats = Standardiser.from_dict(json_attr(fields, layout.NORMALISATION), variables)
+    train_index = layout.split_index(fields, "train")
+    z = stats.forward(torch.from_numpy(layout.stack(fields, variables, train_index)))
+    static = _static(fields, stats, spec.conditioning.climatology)
+    channels = len(variables)
+    if prior:
+        data, make_pair, target = z, prior_pairs(static), None
+        in_channels = channels + static.shape[0]
+    else:
+        data, make_pair, in_channels, target = _conditional(
+            spec, fields, fields_path, obs, stats, z, static, train_index, entry)
+
     m = entry.model
     precond = new_denoiser(m.preset, in_channels, channels, m.sigma_data, m.base_channels,
                            m.dropout, seed=entry.train.seed)
-    log.info("train %s: %d fields of %s, %s, %d parameters, %d steps at batch %d",
-             spec.name, z.shape[0], tuple(z.shape[1:]), obs, count_parameters(precond),
-             entry.train.steps, entry.train.batch_size)
+    log.info("train %s (%s): %d fields of %s, %s, %d parameters, %d steps at batch %d",
+             spec.name, m.kind, z.shape[0], tuple(z.shape[1:]), obs or "no observations",
+             count_parameters(precond), entry.train.steps, entry.train.batch_size)
 
     workdir = Path(workdir) if workdir is not None else out.parent / "train_state"
     with _lock(workdir):
@@ -127,7 +154,8 @@ def train_stage(
         "spec": spec.name,
         "variables": variables,
         "normalisation": stats.to_dict(),
-        "observation": obs.to_dict(),
+        "kind": m.kind,
+        "observation": None if obs is None else obs.to_dict(),
         "grid": {"lat": fields.lat.values.tolist(), "lon": fields.lon.values.tolist()},
         "lat_attrs": {k: str(v) for k, v in fields.lat.attrs.items()},
         "lon_attrs": {k: str(v) for k, v in fields.lon.attrs.items()},

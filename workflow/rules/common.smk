@@ -13,7 +13,10 @@ STAGE_VERSION = {
     "ingest": "3",
     "observe": "3",
     "train": "3",
-    "sample": "2",
+    "sample": "3",
+    "tune_sampler": "1",
+    "export": "1",
+    "products": "1",
     "gather": "2",
     "evaluate": "2",
     "report": "2",
@@ -24,6 +27,7 @@ STAGE_VERSION = {
 localrules:
     all,
     gather,
+    gather_inversion,
 
 
 wildcard_constraints:
@@ -59,8 +63,28 @@ def train_state(wildcards):
 
 
 def sample_settings(wildcards):
-    """The sampler's settings: everything in ``sample:`` but how the work is split."""
+    """The sampler's settings: everything in ``sample:`` but how the work is split and tuned."""
+    return as_json({k: v for k, v in config["sample"].items() if k not in ("shards", "tune")})
+
+
+def tune_settings(wildcards):
+    """What tune-sampler reads: the sampler's settings and its ``tune:`` section."""
     return as_json({k: v for k, v in config["sample"].items() if k != "shards"})
+
+
+AUTO_STEPS = config["sample"].get("steps") == "auto"
+
+
+def tuning_file(wildcards):
+    """tuning.json of the model, an input of sampling when ``steps: auto``."""
+    if not AUTO_STEPS:
+        return []
+    return f"{RESULTS}/{wildcards.spec}/{wildcards.model}/tuning.json"
+
+
+def tuning_option(wildcards, input):
+    """``--tuning <file>`` with ``steps: auto``, else nothing."""
+    return f"--tuning {shlex.quote(str(input.tuning))}" if AUTO_STEPS else ""
 
 
 # ----------------------------------------------------------------------- job resources
@@ -101,6 +125,18 @@ def posterior_shards(wildcards):
 def all_reports():
     return expand(
         f"{RESULTS}/{{spec}}/{{model}}/report/index.html",
+        spec=config["specs"],
+        model=list(config["models"]),
+    )
+
+
+def all_products():
+    """posterior.nc and products.zarr of every spec and model (none when disabled)."""
+    if not config["products"]["enabled"]:
+        return []
+    return expand(
+        [f"{RESULTS}/{{spec}}/{{model}}/posterior.nc",
+         f"{RESULTS}/{{spec}}/{{model}}/products.zarr"],
         spec=config["specs"],
         model=list(config["models"]),
     )

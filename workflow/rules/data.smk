@@ -5,6 +5,8 @@ rule ingest:
         fields=directory(f"{RESULTS}/{{spec}}/fields.zarr"),
     log:
         f"{RESULTS}/{{spec}}/logs/ingest.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/benchmarks/ingest.tsv",
     params:
         version=STAGE_VERSION["ingest"],
     shell:
@@ -19,6 +21,8 @@ rule observe:
         obs=directory(f"{RESULTS}/{{spec}}/obs.zarr"),
     log:
         f"{RESULTS}/{{spec}}/logs/observe.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/benchmarks/observe.tsv",
     params:
         version=STAGE_VERSION["observe"],
     shell:

@@ -8,6 +8,8 @@ rule evaluate:
         maps=directory(f"{RESULTS}/{{spec}}/{{model}}/maps.zarr"),
     log:
         f"{RESULTS}/{{spec}}/{{model}}/logs/evaluate.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/{{model}}/benchmarks/evaluate.tsv",
     params:
         version=STAGE_VERSION["evaluate"],
     shell:
@@ -22,6 +24,7 @@ rule report:
         posterior=f"{RESULTS}/{{spec}}/{{model}}/posterior.zarr",
         metrics=f"{RESULTS}/{{spec}}/{{model}}/metrics.json",
         loss=f"{RESULTS}/{{spec}}/{{model}}/loss.csv",
+        tuning=tuning_file,
     output:
         html=report(
             f"{RESULTS}/{{spec}}/{{model}}/report/index.html",
@@ -31,9 +34,12 @@ rule report:
         ),
     log:
         f"{RESULTS}/{{spec}}/{{model}}/logs/report.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/{{model}}/benchmarks/report.tsv",
     params:
         version=STAGE_VERSION["report"],
         n_maps=config["report"]["n_maps"],
+        tuning=tuning_option,
         threshold=lambda w: (
             ""
             if config["report"].get("threshold") is None
@@ -42,4 +48,4 @@ rule report:
     shell:
         "sgm report --fields {input.fields:q} --obs {input.obs:q} --posterior {input.posterior:q}"
         " --metrics {input.metrics:q} --loss {input.loss:q} --out {output.html:q}"
-        " --n-maps {params.n_maps} {params.threshold} > {log:q} 2>&1"
+        " --n-maps {params.n_maps} {params.threshold} {params.tuning} > {log:q} 2>&1"

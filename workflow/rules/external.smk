@@ -16,6 +16,8 @@ rule coarsen_external:
         coarse=f"{RESULTS}/{{spec}}/external/{{name}}/coarse.nc",
     log:
         f"{RESULTS}/{{spec}}/logs/external-{{name}}-coarsen.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/benchmarks/external-{{name}}-coarsen.tsv",
     params:
         version=EXTERNAL_STAGE_VERSION["coarsen"],
         source=lambda w: shlex.quote(external_entry(w)["file"]),
@@ -34,6 +36,8 @@ rule observe_external:
         obs=directory(f"{RESULTS}/{{spec}}/external/{{name}}/obs.zarr"),
     log:
         f"{RESULTS}/{{spec}}/logs/external-{{name}}-observe.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/benchmarks/external-{{name}}-observe.tsv",
     params:
         version=EXTERNAL_STAGE_VERSION["observe"],
         file=lambda w: shlex.quote(external_observed_file(w)),
@@ -48,13 +52,17 @@ rule sample_external:
     input:
         model=f"{RESULTS}/{{spec}}/{{model}}/model.pt",
         obs=f"{RESULTS}/{{spec}}/external/{{name}}/obs.zarr",
+        tuning=tuning_file,
     output:
         posterior=directory(f"{RESULTS}/{{spec}}/{{model}}/external/{{name}}/posterior.zarr"),
     log:
         f"{RESULTS}/{{spec}}/{{model}}/logs/external-{{name}}-sample.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/{{model}}/benchmarks/external-{{name}}-sample.tsv",
     params:
         version=STAGE_VERSION["sample"],
         settings=sample_settings,
+        tuning=tuning_option,
     threads: job_threads("sample")
     resources:
         gpu=config["resources"]["sample"]["gpu"],
@@ -62,7 +70,7 @@ rule sample_external:
         mem_mb=config["resources"]["sample"]["mem_mb"],
         runtime=config["resources"]["sample"]["runtime"],
     shell:
-        "sgm sample --threads {threads} --split external --model {input.model:q}"
+        "sgm sample --threads {threads} --split external --model {input.model:q} {params.tuning}"
         " --obs {input.obs:q} --out {output.posterior:q} --settings {params.settings} > {log:q} 2>&1"
 
 
@@ -79,6 +87,8 @@ rule report_external:
         ),
     log:
         f"{RESULTS}/{{spec}}/{{model}}/logs/external-{{name}}-report.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/{{model}}/benchmarks/external-{{name}}-report.tsv",
     params:
         version=EXTERNAL_STAGE_VERSION["report"],
         # The `report:` settings, as the evaluation report rule passes them.

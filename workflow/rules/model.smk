@@ -15,6 +15,8 @@ rule train:
         loss=f"{RESULTS}/{{spec}}/{{model}}/loss.csv",
     log:
         f"{RESULTS}/{{spec}}/{{model}}/logs/train.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/{{model}}/benchmarks/train.tsv",
     params:
         version=STAGE_VERSION["train"],
         settings=model_settings,
@@ -36,19 +38,49 @@ rule train:
         " && cp {params.workdir:q}/loss.csv {output.loss:q}"
 
 
+rule tune_sampler:
+    input:
+        model=f"{RESULTS}/{{spec}}/{{model}}/model.pt",
+        fields=f"{RESULTS}/{{spec}}/fields.zarr",
+        obs=f"{RESULTS}/{{spec}}/obs.zarr",
+    output:
+        tuning=f"{RESULTS}/{{spec}}/{{model}}/tuning.json",
+    log:
+        f"{RESULTS}/{{spec}}/{{model}}/logs/tune-sampler.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/{{model}}/benchmarks/tune-sampler.tsv",
+    params:
+        version=STAGE_VERSION["tune_sampler"],
+        settings=tune_settings,
+    threads: job_threads("sample")
+    resources:
+        gpu=SAMPLE_RESOURCES["gpu"],
+        cpus_per_gpu=SAMPLE_RESOURCES["cpus_per_gpu"],
+        mem_mb=SAMPLE_RESOURCES["mem_mb"],
+        runtime=SAMPLE_RESOURCES["runtime"],
+    shell:
+        "sgm tune-sampler --threads {threads} --model {input.model:q} --fields {input.fields:q}"
+        " --obs {input.obs:q} --out {output.tuning:q} --settings {params.settings}"
+        " > {log:q} 2>&1"
+
+
 rule sample_shard:
     input:
         model=f"{RESULTS}/{{spec}}/{{model}}/model.pt",
         obs=f"{RESULTS}/{{spec}}/obs.zarr",
+        tuning=tuning_file,
     output:
         posterior=directory(
             f"{RESULTS}/{{spec}}/{{model}}/shards/posterior-{{shard}}-of-{{shards}}.zarr"
         ),
     log:
         f"{RESULTS}/{{spec}}/{{model}}/logs/sample-{{shard}}-of-{{shards}}.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/{{model}}/benchmarks/sample-{{shard}}-of-{{shards}}.tsv",
     params:
         version=STAGE_VERSION["sample"],
         settings=sample_settings,
+        tuning=tuning_option,
     threads: job_threads("sample")
     resources:
         gpu=SAMPLE_RESOURCES["gpu"],
@@ -57,7 +89,7 @@ rule sample_shard:
         runtime=SAMPLE_RESOURCES["runtime"],
     shell:
         "sgm sample --threads {threads} --model {input.model:q} --obs {input.obs:q}"
-        " --shard {wildcards.shard} --shards {wildcards.shards}"
+        " --shard {wildcards.shard} --shards {wildcards.shards} {params.tuning}"
         " --out {output.posterior:q} --settings {params.settings} > {log:q} 2>&1"
 
 
@@ -68,6 +100,8 @@ rule gather:
         posterior=directory(f"{RESULTS}/{{spec}}/{{model}}/posterior.zarr"),
     log:
         f"{RESULTS}/{{spec}}/{{model}}/logs/gather.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/{{model}}/benchmarks/gather.tsv",
     params:
         version=STAGE_VERSION["gather"],
     shell:
