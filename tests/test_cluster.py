@@ -303,6 +303,7 @@ def sbatch_options(call: str) -> list[str]:
 @pytest.mark.slow
 def test_workflow_runs_on_slurm(slurm_cluster: Path, tmp_path: Path) -> None:
     config = json.loads(json.dumps(TINY))
+    config["results"] = "results"
     config["sample"]["shards"] = 2
     config["resources"] = {
         "train": {"gpu": 2, "cpus_per_gpu": 1, "mem_mb": 2000, "runtime": 10},
@@ -325,7 +326,8 @@ def test_workflow_runs_on_slurm(slurm_cluster: Path, tmp_path: Path) -> None:
         "\n".join(c for cs in calls.values() for c in cs) + "\n")
     # gather and all are local rules: no job of theirs went to SLURM
     assert {rule: len(c) for rule, c in calls.items()} == {
-        "ingest": 1, "observe": 1, "train": 1, "sample_shard": 2, "evaluate": 1, "report": 1
+        "ingest": 1, "observe": 1, "train": 1, "sample_shard": 2, "evaluate": 1, "report": 1,
+        "export": 1, "products": 1,
     }
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     opts = sbatch_options(calls["train"][0])
@@ -340,7 +342,7 @@ def test_workflow_runs_on_slurm(slurm_cluster: Path, tmp_path: Path) -> None:
         assert opts[opts.index("-t") + 1] == "5"
         assert "--cpus-per-task=1" in opts
         assert not any(o.startswith("--gpus") for o in opts)
-    for rule in ("ingest", "observe", "evaluate", "report"):
+    for rule in ("ingest", "observe", "evaluate", "report", "export", "products"):
         opts = sbatch_options(calls[rule][0])
         assert opts[opts.index("-p") + 1] == "cpu"  # the cluster's default partition
         assert opts[opts.index("--mem") + 1] == str(profile["default-resources"]["mem_mb"])
@@ -349,7 +351,7 @@ def test_workflow_runs_on_slurm(slurm_cluster: Path, tmp_path: Path) -> None:
 
     res = tmp_path / "results" / "hadcm3_tas_na" / "tiny"
     train_log = (res / "logs" / "train.log").read_text()
-    assert train_log.count("sgm.stages.train: train hadcm3_tas_na:") == 2  # two DDP ranks
+    assert train_log.count("sgm.stages.train: train hadcm3_tas_na (conditional):") == 2  # DDP
     assert "(step 12," in train_log
     post = xr.open_zarr(res / "posterior.zarr")
     assert post.tas.shape == (40, 3, 36, 48)

@@ -62,6 +62,7 @@ def loss_steps(path: Path) -> list[int]:
 
 def test_killed_training_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     config = json.loads(json.dumps(TINY))
+    config["results"] = "results"
     config["models"]["tiny"]["train"].update(
         steps=STEPS, checkpoint_every=CHECKPOINT_EVERY, log_every=LOG_EVERY
     )

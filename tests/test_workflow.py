@@ -77,7 +77,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dry = snakemake(workdir, "-n")
     assert dry.returncode == 0, dry.stderr + dry.stdout
     assert jobs_of_dry_run(dry.stdout + dry.stderr) == {
-        "ingest", "observe", "train", "sample_shard", "gather", "evaluate", "report", "all"
+        "ingest", "observe", "train", "sample_shard", "gather", "evaluate", "report", "export",
+        "products", "all"
     }
     real = snakemake(workdir)
     assert real.returncode == 0, real.stderr[-5000:]
@@ -98,6 +99,11 @@ def test_every_output_opens(run: Path) -> None:
     assert post.tas.attrs["units"] == "K"
     assert np.isfinite(post.tas.values).all()
     assert len(maps.data_vars) > 0
+    exported = xr.open_dataset(res / "tiny" / "posterior.nc")
+    np.testing.assert_array_equal(exported.tas.values, post.tas.values)
+    products = xr.open_zarr(res / "tiny" / "products.zarr")
+    np.testing.assert_allclose(products.tas_mean.values, post.tas.mean("member").values,
+                               rtol=1e-6)
     metrics = json.loads((res / "tiny" / "metrics.json").read_text())
     assert "tas" in metrics["variables"]
     html = (res / "tiny" / "report" / "index.html").read_text()
@@ -135,7 +141,7 @@ def test_sampler_change_reruns_only_downstream(run: Path) -> None:
         dry = snakemake(run, "-n")
         assert dry.returncode == 0, dry.stderr
         assert jobs_of_dry_run(dry.stdout + dry.stderr) == {
-            "sample_shard", "gather", "evaluate", "report", "all"
+            "sample_shard", "gather", "evaluate", "report", "export", "products", "all"
         }
     finally:
         write_config(run, TINY)
@@ -171,7 +177,8 @@ def test_failed_shard_is_the_only_one_rerun(run: Path, tmp_path: Path) -> None:
         dry = snakemake(run, "-n")
         assert dry.returncode == 0, dry.stderr
         assert job_counts(dry.stdout + dry.stderr) == {
-            "sample_shard": 1, "gather": 1, "evaluate": 1, "report": 1, "all": 1
+            "sample_shard": 1, "gather": 1, "evaluate": 1, "report": 1, "export": 1,
+            "products": 1, "all": 1
         }
         rerun = snakemake(run, posterior)
         assert rerun.returncode == 0, rerun.stderr[-5000:]
