@@ -126,7 +126,8 @@ def _gather(a: argparse.Namespace) -> None:
 def _evaluate(a: argparse.Namespace) -> None:
     from sgm.stages.evaluate import evaluate
 
-    evaluate(a.fields, a.obs, a.posterior, a.metrics, a.maps, seed=a.seed)
+    evaluate(a.fields, a.obs, a.posterior, a.metrics, a.maps, seed=a.seed,
+             thresholds=a.thresholds)
 
 
 def _report(a: argparse.Namespace) -> None:
@@ -243,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("evaluate", _evaluate, "posterior + truth + obs → metrics.json and maps.zarr")
     _required(sp, "fields", "obs", "posterior", "metrics", "maps")
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--thresholds", type=_json, default={},
+                    help='JSON: variable → tail thresholds in its units, e.g. {"pr": [10, 50]} '
+                    "(default: the training fields' 90th, 99th and 99.9th percentiles)")
 
     sp = add("report", _report, "everything above → a self-contained HTML report")
     _required(sp, "fields", "obs", "posterior", "metrics", "loss", "out")

@@ -4,6 +4,7 @@ training pairs built from the observation model."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from sgm.core.conditioning import (
@@ -106,3 +107,28 @@ def test_static_channels_climatology_then_covariates() -> None:
     np.testing.assert_allclose(both[1].numpy(), (np.arange(6.0).reshape(2, 3) - 2.5) / 2)
     assert static_channels(st, (2, 3), None, orog, cov).shape == (1, 2, 3)
     assert static_channels(st, (2, 3)).shape == (0, 2, 3)
+
+
+def test_inflation_regression_recovers_a_distance_dependent_spread_error() -> None:
+    """Members whose spread is too small by a factor that grows with the observation's
+    distance from the training climate: the fit recovers k² = a + b|d|, and inflating restores
+    spread/skill 1; a calibrated ensemble gets k ≈ 1 (negative control of the correction)."""
+    from sgm.core.selection import fit_inflation, inflate, inflation_at
+
+    g = torch.Generator().manual_seed(0)
+    t, m = 40, 400
+    d = torch.linspace(0.0, 3.0, t)[:, None]  # [T, C]
+    true_k = (1.0 + 0.5 * d).sqrt()  # k² = 1 + 0.5 |d|
+    truth = torch.zeros(t, 1, 6, 6)
+    centre = torch.randn(t, 1, 6, 6, generator=g) * true_k[:, :, None, None]  # the mean's error
+    members = centre[:, None] + torch.randn(t, m, 1, 6, 6, generator=g)
+    fit = fit_inflation(members.numpy(), truth.numpy(), d.numpy())
+    assert fit["a"][0] == pytest.approx(1.0, abs=0.3) and fit["b"][0] == pytest.approx(0.5, abs=0.2)
+    fixed = inflate(members, inflation_at(fit, d))
+    err2 = (fixed.mean(1) - truth).pow(2).mean()
+    var = fixed.var(1).mean() * (m + 1) / m
+    assert float((var / err2).sqrt()) == pytest.approx(1.0, abs=0.08)
+    calibrated = torch.randn(t, m, 1, 6, 6, generator=g)
+    fit0 = fit_inflation(calibrated.numpy(), torch.randn(t, 1, 6, 6, generator=g).numpy(),
+                         d.numpy())
+    assert float(inflation_at(fit0, d).max()) == pytest.approx(1.0, abs=0.15)

@@ -149,8 +149,17 @@ def test_evaluate_scores_and_baseline(coarse: tuple[dict, dict]) -> None:
     e = result["variables"]["tas"]
     assert (e["units"], e["n_times"], e["n_members"]) == ("K", 5, M)
     assert "oracle" not in e
-    ens, base = e["ensemble"], e["baseline"]
-    assert base["name"] == "bicubic"
+    ens, base = e["ensemble"], e["baselines"]["bicubic"]
+    assert set(e["baselines"]) == {"bicubic", "climatology anomaly", "quantile mapping",
+                                   "Gaussian posterior"}
+    assert e["best_baseline"] in e["baselines"]
+    best = e["baselines"][e["best_baseline"]]["crps"]
+    assert best == min(b["crps"] for b in e["baselines"].values())
+    assert e["crps_skill"] == pytest.approx(1 - ens["crps"] / best)
+    gauss = e["baselines"]["Gaussian posterior"]
+    assert gauss["kind"] == "ensemble" and gauss["spread"] > 0 and gauss["rank_histogram"]
+    assert 0.0 <= gauss["selection"]["shrinkage"] <= 1.0 and gauss["selection"]["curve"]
+    assert e["nominal_coverage"]["coverage_90"] == pytest.approx(7 / 9)  # 8 members
     # The baseline is bicubic interpolation of the test observations, scored as a point forecast.
     y = torch.as_tensor(paths["y"], dtype=torch.float64)[:, None]
     bicubic = F.interpolate(y, scale_factor=2, mode="bicubic", align_corners=False)[:, 0].numpy()
@@ -166,7 +175,7 @@ def test_evaluate_scores_and_baseline(coarse: tuple[dict, dict]) -> None:
     # A(x_m) − y = A(0.05 ε) − η ε': χ² ≈ (0.05²/4 + η²)/η² ≈ 1.06.
     assert ens["reobs_chi2"] == pytest.approx(1.06, abs=0.35)
     spectra = e["spectra"]
-    assert len(spectra["k"]) == len(spectra["truth"]) == len(spectra["baseline"])
+    assert len(spectra["k"]) == len(spectra["truth"]) == len(spectra["bicubic"])
     assert result["provenance"]["sgm_model_hash"] == "abc123"
 
 
@@ -179,7 +188,7 @@ def test_maps_store_matches_metrics(coarse: tuple[dict, dict]) -> None:
     assert maps["tas_crps"].dims == ("lat", "lon")
     assert float(maps["tas_crps"].mean()) == pytest.approx(e["ensemble"]["crps"], rel=1e-5)
     err = float(maps["tas_baseline_abs_error"].mean())
-    assert err == pytest.approx(e["baseline"]["mae"], rel=1e-5)
+    assert err == pytest.approx(e["baselines"]["bicubic"]["mae"], rel=1e-5)
     assert float(maps["tas_std"].mean()) == pytest.approx(0.05, rel=0.15)
     assert maps["tas_bias"].attrs["units"] == "K"
 
@@ -200,8 +209,8 @@ def test_sparse_baseline_reproduces_its_observations(tmp_path: Path) -> None:
     cfg = {"kind": "sparse", "fraction": 0.25, "seed": 1}
     paths = make_stores(tmp_path, op_cfg=cfg)
     e = _run(paths, tmp_path)["variables"]["tas"]
-    assert e["baseline"]["name"] == "nearest"
-    assert e["baseline"]["reobs_chi2"] == 0.0  # nearest fill keeps the observed values
+    assert "nearest" in e["baselines"]
+    assert e["baselines"]["nearest"]["reobs_chi2"] == 0.0  # nearest fill keeps the observations
     out = report(
         paths["fields"],
         paths["obs"],
@@ -272,14 +281,16 @@ def test_report_html(coarse: tuple[dict, dict], tmp_path: Path) -> None:
         title="Fixture <report>",
     )
     text = out.read_text()
-    names = ["maps_tas.png", "rank_histogram.png", "spread_skill.png", "spectra.png", "loss.png"]
+    names = ["maps_tas.png", "rank_histogram.png", "spread_skill.png", "spectra.png",
+             "quantiles.png", "reliability.png", "domain_mean.png", "loss.png"]
     assert text.count("data:image/png;base64,") == len(names)
     for name in names:
         png = (out.parent / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Fixture &lt;report&gt;" in text  # escaped title
     assert "<table>" in text and "CRPS" in text and "bicubic" in text and "abc123" in text
-    crps = result["variables"]["tas"]["baseline"]["crps"]
+    crps = result["variables"]["tas"]["baselines"]["bicubic"]["crps"]
+    assert "Verdict" in text and "CRPS skill against the best baseline" in text
     assert f"{crps:.4g}" in text
     thr = np.percentile(paths["truth"], 90)
     assert f"{thr:.4g} K (the 90th percentile of the test truth)" in text

@@ -140,6 +140,6 @@ def test_the_trainer_reads_the_validated_train_settings() -> None:
     fields = TrainSettings.model_fields
     for name, annotation in training.TrainSettings.__annotations__.items():
         assert name in fields, name
-        assert fields[name].annotation.__name__ == annotation, name
+        assert annotation == "Any" or fields[name].annotation.__name__ == annotation, name
     settings = TrainSettings()
     assert set(training.settings_dict(settings)) <= set(settings.model_dump())

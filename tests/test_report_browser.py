@@ -17,6 +17,7 @@ network (no component updates, sync, QUIC or background requests).
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import os
@@ -24,6 +25,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,9 +156,11 @@ def _errors(events: list[dict]) -> list[str]:
     return out
 
 
-def view_page(binary: str, page: Path, screenshot: Path) -> PageView:
-    """Load ``page`` in headless Chromium and look at it as a reader would."""
-    start = time.monotonic()
+@contextlib.contextmanager
+def page_session(binary: str, page: Path, width: int = 1280, height: int = 900
+                 ) -> Iterator[DevTools]:
+    """Headless Chromium with ``page`` loaded (fresh profile, off the network): a DevTools
+    session attached to its tab, closed with the browser afterwards."""
     profile = Path(tempfile.mkdtemp(prefix="sgm-chromium-"))
     proc = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}", "about:blank"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -177,17 +181,10 @@ def view_page(binary: str, page: Path, screenshot: Path) -> PageView:
         for method in ("Runtime.enable", "Log.enable", "Page.enable"):
             tools.send(method)
         tools.send("Emulation.setDeviceMetricsOverride",
-                   {"width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False})
+                   {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
         tools.send("Page.navigate", {"url": page.resolve().as_uri()})
         tools.wait_for("Page.loadEventFired")
-        facts = tools.send("Runtime.evaluate", {"expression": PAGE_FACTS, "awaitPromise": True,
-                                                "returnByValue": True})["result"]["value"]
-        shot = tools.send("Page.captureScreenshot", {
-            "format": "png", "captureBeyondViewport": True,
-            "clip": {"x": 0, "y": 0, "width": facts["width"],
-                     "height": min(facts["height"], 16384), "scale": 1}})
-        screenshot.write_bytes(base64.b64decode(shot["data"]))
-        errors = _errors(tools.events)
+        yield tools
         try:
             tools.send("Browser.close", page=False)
         except Exception:  # noqa: BLE001 - the browser may close the socket first
@@ -201,6 +198,66 @@ def view_page(binary: str, page: Path, screenshot: Path) -> PageView:
             proc.kill()
             proc.wait(timeout=10)
         shutil.rmtree(profile, ignore_errors=True)
+
+
+def evaluate_js(tools: DevTools, expression: str) -> Any:
+    """The value of a JavaScript expression (promises awaited) in the page."""
+    reply = tools.send("Runtime.evaluate", {"expression": expression, "awaitPromise": True,
+                                            "returnByValue": True})
+    if "exceptionDetails" in reply:
+        raise RuntimeError(f"JavaScript failed: {reply['exceptionDetails']}")
+    return reply["result"].get("value")
+
+
+def capture(tools: DevTools, out: Path, clip: dict[str, float]) -> Path:
+    """A PNG screenshot of the page region ``clip`` (x, y, width, height in CSS pixels)."""
+    shot = tools.send("Page.captureScreenshot", {
+        "format": "png", "captureBeyondViewport": True, "clip": {**clip, "scale": 1}})
+    out.write_bytes(base64.b64decode(shot["data"]))
+    return out
+
+
+# The region of the first element matching a selector, in page coordinates (null if none).
+REGION = """(() => {{
+  const e = document.querySelector({selector});
+  if (!e) return null;
+  const r = e.getBoundingClientRect();
+  return {{x: r.left + window.scrollX, y: r.top + window.scrollY, width: r.width,
+          height: r.height}};
+}})()"""
+
+
+def screenshot_parts(binary: str, page: Path, parts: dict[Path, str | None],
+                     width: int = 1280, height: int = 900) -> dict[Path, dict[str, float]]:
+    """Screenshots of parts of ``page`` in a ``width`` × ``height`` window: output file → a CSS
+    selector (that element, with a margin) or None (the top of the page, the window's height).
+    Returns each part's region."""
+    regions = {}
+    with page_session(binary, page, width=width, height=height) as tools:
+        width = evaluate_js(tools, "document.documentElement.scrollWidth")
+        for out, selector in parts.items():
+            if selector is None:
+                region = {"x": 0, "y": 0, "width": width, "height": height}
+            else:
+                found = evaluate_js(tools, REGION.format(selector=json.dumps(selector)))
+                if found is None:
+                    raise LookupError(f"{page}: nothing matches {selector!r}")
+                region = {"x": max(found["x"] - 8, 0), "y": max(found["y"] - 8, 0),
+                          "width": min(found["width"] + 16, width),
+                          "height": found["height"] + 16}
+            regions[out] = region
+            capture(tools, out, region)
+    return regions
+
+
+def view_page(binary: str, page: Path, screenshot: Path) -> PageView:
+    """Load ``page`` in headless Chromium and look at it as a reader would."""
+    start = time.monotonic()
+    with page_session(binary, page) as tools:
+        facts = evaluate_js(tools, PAGE_FACTS)
+        capture(tools, screenshot, {"x": 0, "y": 0, "width": facts["width"],
+                                    "height": min(facts["height"], 16384)})
+        errors = _errors(tools.events)
     return PageView(facts, errors, screenshot, time.monotonic() - start)
 
 
@@ -263,3 +320,61 @@ def test_a_broken_page_is_caught(chromium: str, tmp_path: Path) -> None:
     assert "missing.png" in text  # the failed load
     decoded = {i["alt"]: i["decoded"] and i["width"] > 0 for i in view.facts["images"]}
     assert decoded == {"corrupt": False, "missing": False}
+
+
+# Runs in the page: the figure links, each loaded as an image, and the folded raw provenance.
+LINKS_AND_FOLDS = """(async () => {
+  const links = Array.from(document.querySelectorAll('figcaption a.file'));
+  const loaded = await Promise.all(links.map(a => new Promise(done => {
+    const img = new Image();
+    img.onload = () => done(img.naturalWidth > 0);
+    img.onerror = () => done(false);
+    img.src = a.href;
+  })));
+  const fold = document.querySelector('details.raw');
+  const pre = fold ? fold.querySelector('pre') : null;
+  const look = () => ({height: fold.getBoundingClientRect().height,
+                       visible: pre.checkVisibility()});
+  const closed = fold ? look() : null;
+  if (fold) fold.open = true;
+  return {links: links.map(a => a.getAttribute('href')), loaded, closed,
+          opened: fold ? look() : null, figures: document.querySelectorAll('figure').length,
+          summary: fold ? fold.querySelector('summary').textContent : null,
+          raw: pre ? pre.textContent : null};
+})()"""
+
+
+def test_report_links_folds_and_parts_in_chromium(chromium: str, tmp_path: Path) -> None:
+    """Every caption's link opens its PNG beside the page, the raw provenance is folded until
+    opened, and the top of the page and the maps can be captured alone (as for the README)."""
+    paths = make_stores(tmp_path / "stores")
+    html = tmp_path / "report" / "index.html"
+    assert main([str(a) for a in [
+        "evaluate", "--fields", paths["fields"], "--obs", paths["obs"], "--posterior",
+        paths["posterior"], "--metrics", tmp_path / "metrics.json", "--maps",
+        tmp_path / "maps.zarr"]]) == 0
+    assert main([str(a) for a in [
+        "report", "--fields", paths["fields"], "--obs", paths["obs"], "--posterior",
+        paths["posterior"], "--metrics", tmp_path / "metrics.json", "--loss", paths["loss"],
+        "--out", html, "--n-maps", "2"]]) == 0
+    with page_session(chromium, html) as tools:
+        facts = evaluate_js(tools, LINKS_AND_FOLDS)
+        assert _errors(tools.events) == []
+    assert len(facts["links"]) == facts["figures"] >= 6
+    assert "maps_tas.png" in facts["links"] and all(facts["loaded"])
+    assert facts["summary"] == "Raw provenance"
+    closed, opened = facts["closed"], facts["opened"]
+    assert not closed["visible"] and opened["visible"]
+    assert closed["height"] < 40 and opened["height"] > closed["height"] + 100
+    assert '"kind": "coarsen"' in facts["raw"]
+
+    top, maps = tmp_path / "top.png", tmp_path / "maps.png"
+    regions = screenshot_parts(chromium, html, {
+        top: None, maps: "figure:has(img[alt='maps_tas.png'])"}, height=700)
+    assert regions[top]["height"] == 700 and regions[maps]["y"] > 0
+    for shot in (top, maps):
+        pixels = png_pixels(shot)
+        assert pixels.shape[0] == round(regions[shot]["height"])
+        assert pixels[..., :3].std() > 0.05
+    with pytest.raises(LookupError, match="nothing matches"):
+        screenshot_parts(chromium, html, {tmp_path / "x.png": "#no-such-thing"})

@@ -154,3 +154,41 @@ def test_same_seed_trains_bitwise_the_same_model(pipeline: Path, tmp_path: Path)
     a, b, c = (p.read_bytes() for p in paths)
     assert a == b
     assert a != c
+
+
+def test_validation_selection_and_recalibration(pipeline: Path, tmp_path: Path) -> None:
+    """train.select scores every snapshot on the validation split and keeps the best; sample
+    with recalibrate inflates the members about their mean by the fitted factor and keeps the
+    raw ones; evaluate scores both."""
+    from sgm.io.modelfile import read_model
+    from sgm.stages.evaluate import evaluate
+
+    settings = {"model": {"preset": "tiny", "base_channels": 8},
+                "train": {"steps": 6, "batch_size": 4, "checkpoint_every": 3, "log_every": 1,
+                          "snapshot_every": 2, "select": {"enabled": True, "members": 2, "solver": {
+                              "solver": "dpm", "order": 2, "steps": 3}}}}
+    model = train_stage(pipeline / "spec.yaml", pipeline / "fields.zarr", pipeline / "obs.zarr",
+                        tmp_path / "m.pt", settings, workdir=tmp_path / "w", progress=False)
+    meta = read_model(model).meta
+    curve = meta["selection"]["curve"]
+    assert [r["step"] for r in curve] == [2, 4, 6]
+    best = min(curve, key=lambda r: r["score"])
+    assert meta["selection"]["chosen_step"] == meta["step"] == best["step"]
+    recal = meta["recalibration"]
+    assert recal["b"][0] >= 0 and recal["a"][0] > 0 and recal["fitted_on"] == "val"
+    post_path = sample_stage(model, pipeline / "obs.zarr", tmp_path / "p.zarr",
+                             {"members": 4, "steps": 3, "recalibrate": True}, progress=False)
+    post = open_store(post_path)
+    raw, new = post.field_raw.values, post.field.values
+    k = post.field_inflation.values  # one factor per time
+    assert k.shape == (4,) and np.all(k > 0)
+    np.testing.assert_allclose(new.mean(axis=1), raw.mean(axis=1), atol=1e-4)
+    np.testing.assert_allclose(new.std(axis=1), k[:, None, None] * raw.std(axis=1), rtol=1e-3,
+                               atol=1e-6)
+    result = evaluate(pipeline / "fields.zarr", pipeline / "obs.zarr", post_path,
+                      tmp_path / "m.json", tmp_path / "maps.zarr")
+    e = result["variables"]["field"]
+    assert e["raw_ensemble"]["spread"] != e["ensemble"]["spread"]
+    with pytest.raises(ValueError, match="recalibrate needs a model chosen"):
+        sample_stage(pipeline / "model.pt", pipeline / "obs.zarr", tmp_path / "q.zarr",
+                     {"members": 2, "steps": 2, "recalibrate": True}, progress=False)

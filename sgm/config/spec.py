@@ -66,6 +66,18 @@ class GaussianFieldSource(StrictModel):
     units: str = Field("1", description="Units written on the generated variable.")
 
 
+class CensoredPowerSource(GaussianFieldSource):
+    """A synthetic heavy-tailed field with a known marginal (the extremes oracle):
+    P = scale · max(0, z + offset)^exponent, z a unit-variance Gaussian random field;
+    dry with probability Φ(−offset) (``sgm.core.heavy_tailed``)."""
+
+    kind: Literal["censored_power_field"] = "censored_power_field"
+    scale: float = Field(4.0, gt=0, description="s in mm/day.")
+    offset: float = Field(-0.3, description="c: the dry fraction is Φ(−c).")
+    exponent: float = Field(3.0, gt=0, description="γ: the tail's heaviness.")
+    units: str = Field("mm/day", description="Units written on the generated variable.")
+
+
 class Source(StrictModel):
     """Where fields come from: exactly one of paths, package_file or synthetic."""
 
@@ -80,7 +92,12 @@ class Source(StrictModel):
         "relative to the spec file; all files are concatenated along time, in time order.",
     )
     package_file: PackageFile | None = None
-    synthetic: GaussianFieldSource | None = None
+    synthetic: Annotated[
+        Annotated[GaussianFieldSource, Tag("gaussian_random_field")]
+        | Annotated[CensoredPowerSource, Tag("censored_power_field")],
+        Discriminator(lambda v: (v.get("kind") if isinstance(v, dict) else v.kind)
+                      or "gaussian_random_field"),
+    ] | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Source:
@@ -134,6 +151,14 @@ class Variable(FieldRef):
     """One target variable (a channel of the model)."""
 
     name: str = Field(pattern=NAME_PATTERN, description="Name in sgm's stores, e.g. tas.")
+    transform: Literal["none", "censored_power"] = Field(
+        "none", description="Train in a transformed space: censored_power fits P = s·max(0, "
+        "z + c)^γ on the training split (precipitation: zeros and a heavy tail; members are "
+        "never negative). none: the variable itself (temperature)."
+    )
+    dry_threshold: float = Field(
+        0.0, ge=0, description="With censored_power: values at or below this are dry."
+    )
     max_missing_fraction: float = Field(
         0.0, ge=0, le=1, description="Largest fraction of missing values allowed in the "
         "selected fields; they are filled with the training split's mean at that pixel."

@@ -56,25 +56,6 @@ class ModelSettings(StrictModel):
         return self
 
 
-class TrainSettings(StrictModel):
-    """Optimisation settings (see sgm.core.training.TrainSettings)."""
-
-    steps: int = Field(2000, ge=1)
-    batch_size: int = Field(32, ge=1)
-    lr: float = Field(2e-3, gt=0)
-    lr_warmup_steps: int = Field(100, ge=0)
-    grad_clip: float = Field(1.0, ge=0)
-    ema_beta: float = Field(0.999, gt=0, lt=1)
-    ema_warmup: bool = True
-    checkpoint_every: int = Field(250, ge=1)
-    log_every: int = Field(25, ge=1)
-    seed: int = 0
-    device: str = "auto"
-    P_mean: float = -1.2
-    P_std: float = 1.2
-    compile: bool = False
-
-
 SolverName = Literal["heun", "dpm", "dpm++", "sde"]
 
 
@@ -95,6 +76,73 @@ class SolverChoice(StrictModel):
         return self
 
 
+class WassersteinSettings(StrictModel):
+    """WassDiff's distribution regulariser (Liu et al. 2025): the loss becomes
+    (1 − weight)·L_DSM + weight·W at noise levels below sigma_max (``sgm.core.wasserstein``)."""
+
+    weight: float = Field(0.0, ge=0, le=1, description="λ; 0 switches the regulariser off "
+                          "(WassDiff: 0.2).")
+    sigma_max: float = Field(0.5, gt=0, description="Only denoised estimates at noise levels "
+                             "below this are compared (the term pulls against the exact "
+                             "denoiser at large sigma).")
+    kind: Literal["marginal", "sliced"] = Field(
+        "marginal", description="marginal: W1 of each field's pixel-value distribution against "
+        "the truth's (targets the tail; per sample); sliced: WassDiff's sliced W1 over the "
+        "batch of fields.")
+    projections: int = Field(100, ge=1, description="Random projections of the sliced kind.")
+
+
+class SelectSettings(StrictModel):
+    """Model selection on the validation split: every snapshot samples a small validation
+    ensemble; the one with the lowest fair CRPS (mean over variables of CRPS / std) is kept,
+    and the spread inflation that makes its spread/skill ratio 1 there is stored with it."""
+
+    enabled: bool = Field(False, description="Choose among the snapshots (needs "
+                          "snapshot_every > 0; conditional models only).")
+    members: int = Field(4, ge=2, description="Members per validation time for choosing.")
+    recalibration_members: int = Field(
+        16, ge=2, description="Members per validation time of the chosen snapshot's ensemble "
+        "that the spread recalibration is fitted to."
+    )
+    max_times: int = Field(40, ge=1, description="At most this many validation times.")
+    solver: SolverChoice = Field(
+        default_factory=lambda: SolverChoice(solver="dpm", order=3, steps=10),
+        description="The solver of the validation ensembles.",
+    )
+
+
+class TrainSettings(StrictModel):
+    """Optimisation settings (see sgm.core.training.TrainSettings)."""
+
+    steps: int = Field(2000, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    lr_warmup_steps: int = Field(100, ge=0)
+    grad_clip: float = Field(1.0, ge=0)
+    ema_beta: float = Field(0.999, gt=0, lt=1)
+    ema_warmup: bool = True
+    checkpoint_every: int = Field(250, ge=1)
+    log_every: int = Field(25, ge=1)
+    seed: int = 0
+    device: str = "auto"
+    P_mean: float = -1.2
+    P_std: float = 1.2
+    compile: bool = False
+    snapshot_every: int = Field(
+        0, ge=0, description="Keep the EMA weights every this many steps (0: only the last); "
+        "with select.enabled, the snapshot that scores best on the validation split is the "
+        "model."
+    )
+    wasserstein: WassersteinSettings = Field(
+        default_factory=WassersteinSettings,
+        description="A distribution regulariser for extremes (off by default).",
+    )
+    select: SelectSettings = Field(
+        default_factory=SelectSettings, description="Choose the model among the snapshots on "
+        "the validation split (and fit the spread recalibration there)."
+    )
+
+
 class SampleSettings(StrictModel):
     """Sampler settings: the solver, its discretisation and the ensemble."""
 
@@ -104,6 +152,11 @@ class SampleSettings(StrictModel):
         "method for a prior model and any observation model: mmps (moment matching, Rozet et "
         "al. 2024), dps (Chung et al. 2023), tmpd (Boys et al. 2023). auto: conditional for "
         "conditional models, mmps for priors."
+    )
+    recalibrate: bool = Field(
+        False, description="Inflate the members' spread by the factor fitted on the validation "
+        "split when the model was chosen (train.select); the raw members are kept as "
+        "<variable>_raw."
     )
     cg_iterations: int = Field(8, ge=0, description="Conjugate-gradient steps of mmps.")
     dps_step: float = Field(0.3, gt=0, description="DPS step size zeta (per member).")

@@ -44,6 +44,7 @@ from torch import Tensor
 
 from sgm.core.gaussian_baseline import AnomalyCovariance, GaussianPrior, check_observations
 from sgm.core.observation import ObservationModel
+from sgm.core.quantile_mapping import QuantileMapping
 
 SHRINKAGE_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
@@ -122,3 +123,58 @@ def select_shrinkage(
     alphas = tuple(e["shrinkage"] for e in best)
     ks = tuple(e["eofs"] for e in best)
     return ShrinkageSelection(cov.prior(alphas, ks), alphas, ks, curve)
+
+
+def statistical_baselines(
+    obs_model: ObservationModel,
+    train: Tensor,
+    y: Tensor,
+    val_truth: Tensor | None,
+    val_y: Tensor | None,
+    members: int,
+    seed: int,
+    time_index: Sequence[int],
+    nonnegative: Sequence[bool] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """The baselines a posterior ensemble is judged against, for observations y[T, C, *obs]:
+
+    - the operator's own interpolation b(y) (``obs_model.baseline_name``, e.g. bicubic);
+    - climatology-anomaly interpolation μ + b(y − A μ), μ the training mean (BCSD);
+    - quantile mapping of the interpolation (the classical bias correction, e.g. for
+      precipitation): the pooled empirical map from b(y) of simulated training observations to
+      the training fields (``sgm.core.quantile_mapping``; bounded below by 0 for the variables
+      flagged ``nonnegative``);
+    - for a linear operator and a validation split: the Gaussian posterior ensemble, its prior
+      fitted on ``train``[N, C, H, W] with the shrinkage chosen on (val_truth, val_y), and
+      ``members`` draws per time seeded by ``seed`` and ``time_index``.
+
+    Returns name → {"kind": "deterministic" | "ensemble", "values": Tensor[T, C, H, W] or
+    Tensor[M, T, C, H, W] (float64), and for the Gaussian posterior "selection": the chosen
+    shrinkage per variable and the validation curve}.
+    """
+    train = torch.as_tensor(train, dtype=torch.float64)
+    out: dict[str, dict[str, Any]] = {
+        obs_model.baseline_name: {"kind": "deterministic",
+                                  "values": obs_model.baseline(check_observations(obs_model, y))},
+        "climatology anomaly": {"kind": "deterministic",
+                                "values": climatology_anomaly(obs_model, train.mean(0), y)},
+    }
+    interpolated = obs_model.baseline(obs_model.sample(
+        train, torch.Generator().manual_seed(seed)))  # b(y) of the training fields
+    flags = list(nonnegative) if nonnegative is not None else [False] * train.shape[1]
+    mapped = torch.stack([
+        torch.as_tensor(QuantileMapping.fit(interpolated[:, c].numpy(), train[:, c].numpy(),
+                                            lower=0.0 if flags[c] else None)(
+            out[obs_model.baseline_name]["values"][:, c].numpy()))
+        for c in range(train.shape[1])], dim=1)
+    out["quantile mapping"] = {"kind": "deterministic", "values": mapped}
+    if obs_model.linear and val_truth is not None and val_y is not None and len(val_y):
+        chosen = select_shrinkage(train, val_truth, val_y, obs_model)
+        post = chosen.prior.posterior(obs_model, y)
+        out["Gaussian posterior"] = {
+            "kind": "ensemble",
+            "values": post.sample(members, seed, time_index),
+            "selection": {"shrinkage": list(chosen.shrinkage), "criterion": "validation CRPS",
+                          "curve": chosen.curve},
+        }
+    return out

@@ -12,34 +12,53 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from sgm.core.heavy_tailed import CensoredPowerTransform
 from sgm.core.observation import ObservationModel
 
 
 @dataclass(frozen=True)
 class Standardiser:
-    """Per-variable affine map between physical units and the model's standardised units."""
+    """Per-variable map between physical units and the model's standardised units:
+
+        z = (T(x) − mean) / std,        x = T⁻¹(std · z + mean),
+
+    with T the identity, or for variables with a transform (precipitation) the monotone map of
+    ``sgm.core.heavy_tailed.CensoredPowerTransform`` fitted on the training split; mean and std
+    are T(x)'s over the training split.
+    """
 
     variables: tuple[str, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    transforms: tuple[CensoredPowerTransform | None, ...] = ()
 
     @classmethod
     def from_dict(
-        cls, stats: Mapping[str, Mapping[str, float]], variables: Sequence[str]
+        cls, stats: Mapping[str, Mapping[str, Any]], variables: Sequence[str]
     ) -> Standardiser:
+        transforms = tuple(
+            CensoredPowerTransform.from_dict(stats[v]["transform"]) if stats[v].get("transform")
+            else None for v in variables
+        )
         return cls(
             tuple(variables),
             tuple(float(stats[v]["mean"]) for v in variables),
             tuple(float(stats[v]["std"]) for v in variables),
+            transforms if any(t is not None for t in transforms) else (),
         )
 
-    def to_dict(self) -> dict[str, dict[str, float]]:
-        return {v: {"mean": m, "std": s} for v, m, s in zip(self.variables, self.mean, self.std,
-                                                            strict=True)}
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for i, (v, m, s) in enumerate(zip(self.variables, self.mean, self.std, strict=True)):
+            out[v] = {"mean": m, "std": s}
+            if self.transforms and self.transforms[i] is not None:
+                out[v]["transform"] = self.transforms[i].to_dict()
+        return out
 
     def _shape(self, x: Tensor, dim: int) -> tuple[Tensor, Tensor]:
         shape = [1] * x.ndim
@@ -48,15 +67,23 @@ class Standardiser:
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(shape)
         return mean, std
 
+    def _each(self, x: Tensor, dim: int, inverse: bool) -> Tensor:
+        if not self.transforms:
+            return x
+        parts = [t if transform is None else
+                 (transform.inverse(t) if inverse else transform.forward(t))
+                 for t, transform in zip(x.unbind(dim), self.transforms, strict=True)]
+        return torch.stack(parts, dim)
+
     def forward(self, x: Tensor, dim: int = 1) -> Tensor:
         """Physical → standardised; ``x`` has the variables along ``dim``."""
         mean, std = self._shape(x, dim)
-        return (x - mean) / std
+        return (self._each(x, dim, inverse=False) - mean) / std
 
     def inverse(self, z: Tensor, dim: int = 1) -> Tensor:
         """Standardised → physical."""
         mean, std = self._shape(z, dim)
-        return z * std + mean
+        return self._each(z * std + mean, dim, inverse=True)
 
 
 def static_channels(

@@ -176,6 +176,17 @@ class CensoredPowerField:
     def shape(self) -> tuple[int, int]:
         return self.latent.shape
 
+    def to_dict(self) -> dict[str, Any]:
+        """The field's description (``from_dict`` rebuilds it)."""
+        return {"shape": list(self.shape), "length_scale": self.latent.length_scale,
+                "nu": self.latent.nu, **self.transform.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CensoredPowerField:
+        return cls((int(d["shape"][0]), int(d["shape"][1])), float(d["length_scale"]),
+                   float(d.get("nu", 1.5)), float(d["scale"]), float(d["offset"]),
+                   float(d["exponent"]))
+
     @property
     def zero_fraction(self) -> float:
         """P(P = 0) = Φ(−c)."""

@@ -205,3 +205,18 @@ def tail_scores(
         "qq": qq_points(ens, truth),
         "reliability": [reliability(ens, truth, t) for t in thresholds],
     }
+
+
+def marginal_scores(ens: np.ndarray, marginal: Any, levels: int = 1000) -> dict[str, float]:
+    """A forecast's pooled values ens[M, T, ...] against a known marginal (anything with a
+    ``quantile(u)`` and ``zero_fraction``, e.g. ``heavy_tailed.CensoredPowerField``):
+
+        W₁ = ∫₀¹ |F̂⁻¹(u) − Q(u)| du ≈ mean_k |q̂(u_k) − Q(u_k)|,  u_k = (k + ½) / K,
+
+    and the forecast's fraction of exact zeros beside the marginal's."""
+    u = (np.arange(levels) + 0.5) / levels
+    values = np.asarray(ens, dtype=np.float64).ravel()
+    w1 = float(np.mean(np.abs(np.quantile(values, u) - marginal.quantile(u))))
+    return {"w1_exact": w1, "zero_fraction": float(np.mean(values <= 0.0)),
+            "zero_fraction_exact": float(marginal.zero_fraction),
+            "minimum": float(values.min())}

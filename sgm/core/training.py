@@ -44,8 +44,10 @@ from sgm.core.device import pick_device
 from sgm.core.ema import EMA
 from sgm.core.loss import EDMLoss
 from sgm.core.precond import EDMPrecond
+from sgm.core.wasserstein import WassersteinEDMLoss
 
-__all__ = ["CheckpointStore", "LossLog", "LossRow", "TrainResult", "TrainSettings", "train"]
+__all__ = ["CheckpointStore", "LossLog", "LossRow", "SnapshotStore", "TrainResult",
+           "TrainSettings", "train"]
 
 MakePair = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor | None]]
 
@@ -71,16 +73,23 @@ class TrainSettings(Protocol):
     P_mean: float
     P_std: float
     compile: bool
+    snapshot_every: int
+    wasserstein: Any
 
 
 SETTINGS_FIELDS = tuple(TrainSettings.__annotations__)
 # Settings that may change between a run and its resumption without making it another run.
-RESUMABLE_CHANGES = frozenset({"steps", "device", "compile", "checkpoint_every"})
+RESUMABLE_CHANGES = frozenset({"steps", "device", "compile", "checkpoint_every",
+                               "snapshot_every"})
 
 
 def settings_dict(s: TrainSettings) -> dict[str, Any]:
     """The hyper-parameters as plain data (stored in every checkpoint)."""
-    return {name: getattr(s, name) for name in SETTINGS_FIELDS}
+    out = {name: getattr(s, name) for name in SETTINGS_FIELDS}
+    w = out["wasserstein"]
+    out["wasserstein"] = None if w is None else {
+        k: getattr(w, k) for k in ("weight", "sigma_max", "kind", "projections")}
+    return out
 
 
 class CheckpointStore(Protocol):
@@ -102,6 +111,14 @@ class LossRow:
     sigma_median: float
     lr: float
     wall_s: float
+
+
+class SnapshotStore(Protocol):
+    """Where the EMA weights go every ``snapshot_every`` steps (candidates for model
+    selection on validation data; ``sgm.io.checkpoint.SnapshotFolder`` on disk)."""
+
+    def save(self, weights: dict[str, Tensor], step: int) -> None:
+        """Keep the EMA weights after ``step`` updates."""
 
 
 class LossLog(Protocol):
@@ -211,6 +228,7 @@ def train(
     losses: LossLog,
     log: logging.Logger | None = None,
     progress: bool = True,
+    snapshots: SnapshotStore | None = None,
 ) -> TrainResult | None:
     """Train ``precond`` (in place) on data: Tensor[N, C, H, W]; resume from the latest state
     in ``checkpoints`` if there is one.
@@ -223,6 +241,8 @@ def train(
         settings: see :class:`TrainSettings`; ``batch_size`` must divide by WORLD_SIZE.
         checkpoints: keeps the resumable state (written by rank 0 only).
         losses: receives a :class:`LossRow` every ``log_every`` steps (rank 0 only).
+        snapshots: receives the EMA weights every ``snapshot_every`` steps (0: never) and at
+            the end (rank 0 only).
 
     Returns:
         The result on rank 0 (and in single-process runs); None on other ranks.
@@ -234,7 +254,7 @@ def train(
     ddp, device = _setup(s.device)
     try:
         return _train(precond, data, make_pair, s, checkpoints, losses, log, progress, ddp,
-                      device)
+                      device, snapshots)
     finally:
         if ddp.owns_group:
             dist.destroy_process_group()
@@ -251,6 +271,7 @@ def _train(
     progress: bool,
     ddp: _Dist,
     device: torch.device,
+    snapshots: SnapshotStore | None = None,
 ) -> TrainResult | None:
     if s.batch_size % ddp.world_size:
         raise ValueError(f"batch_size {s.batch_size} not divisible by {ddp.world_size} ranks")
@@ -274,7 +295,13 @@ def _train(
     }
     for i, g in enumerate(gens.values()):
         g.manual_seed(s.seed + 1_000_003 * i)
-    loss_fn = EDMLoss(s.P_mean, s.P_std, precond.sigma_data)
+    w = s.wasserstein
+    if w is not None and w.weight > 0:  # WassDiff's distribution regulariser (Liu et al. 2025)
+        loss_fn: EDMLoss = WassersteinEDMLoss(
+            s.P_mean, s.P_std, precond.sigma_data, weight=w.weight, sigma_max=w.sigma_max,
+            kind=w.kind, projections=w.projections, generator=gens["noise"])
+    else:
+        loss_fn = EDMLoss(s.P_mean, s.P_std, precond.sigma_data)
     acc = _LossLog(device)
     step, wall_before = 0, 0.0
 
@@ -367,6 +394,10 @@ def _train(
             if main:
                 log.info("step %d loss %.4f sigma_median %.3g lr %.2e", step, mean, median, lr)
                 losses.append(LossRow(step, mean, median, lr, wall))
+        if main and snapshots is not None and (
+                step == s.steps or (s.snapshot_every > 0 and step % s.snapshot_every == 0)):
+            # Before the checkpoint: a run resumed from it has every snapshot up to its step.
+            snapshots.save(ema.module.state_dict(), step)
         if step == s.steps or (s.checkpoint_every > 0 and step % s.checkpoint_every == 0):
             checkpoint(step, wall)
     bar.close()

@@ -105,17 +105,16 @@ def score_oracle(
     return metrics.oracle_metrics(ens.reshape(m, t, -1), mean, std, truth.reshape(t, -1))
 
 
-def spectra(ens: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> dict[str, list[float]]:
-    """Radially averaged spectra averaged over time (and members): k and P for each source."""
+def spectra(ens: np.ndarray, truth: np.ndarray) -> dict[str, list[float] | str]:
+    """Radially averaged power spectra of a forecast ens[M, T, H, W] (a point forecast as
+    M = 1) and of the truth[T, H, W], averaged over members and times."""
     k, p_truth = metrics.radial_power_spectrum(truth)
     _, p_ens = metrics.radial_power_spectrum(ens)
-    _, p_base = metrics.radial_power_spectrum(pred)
     return {
         "k": k.tolist(),
         "k_units": "cycles per grid cell",
         "truth": p_truth.mean(axis=0).tolist(),
-        "ensemble": p_ens.mean(axis=(0, 1)).tolist(),
-        "baseline": p_base.mean(axis=0).tolist(),
+        "forecast": p_ens.mean(axis=(0, 1)).tolist(),
     }
 
 

@@ -208,3 +208,25 @@ class CheckpointFolder:
 
     def __repr__(self) -> str:
         return str(self.directory)
+
+
+class SnapshotFolder:
+    """EMA snapshots of a training run (``snapshot-{step:08d}.pt``, content-hashed): the file
+    store of ``sgm.core.training.SnapshotStore``, read back for model selection."""
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+
+    def save(self, weights: dict[str, Any], step: int) -> None:
+        state = {"step": step, "ema": {k: v.detach().cpu() for k, v in weights.items()}}
+        _atomic_save(state, self.directory / f"snapshot-{step:08d}.pt")
+
+    def steps(self) -> list[int]:
+        """The steps of the snapshots present, in order."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.stem.split("-")[1]) for p in self.directory.glob("snapshot-*.pt")
+                      if p.stem.split("-")[1].isdigit())
+
+    def load(self, step: int) -> dict[str, Any]:
+        return load_model_file(self.directory / f"snapshot-{step:08d}.pt")["ema"]

@@ -32,6 +32,7 @@ STATIC = "sgm_static"
 NORMALISATION = "sgm_normalisation"
 LONGITUDES = "sgm_longitudes"
 GAUSSIAN_PRIOR = "sgm_gaussian_prior"
+HEAVY_TAILED_PRIOR = "sgm_heavy_tailed_prior"
 OBSERVATION = "sgm_observation"
 OBSERVATIONS_FROM = "sgm_observations"
 OBS_SEED = "sgm_seed"
@@ -50,6 +51,7 @@ SHARD = "sgm_shard"
 SPLIT = "sgm_split"
 VERSION = "sgm_version"
 COST = "sgm_cost"
+SELECTION = "sgm_selection"
 N_TIMES = "sgm_n_times"
 PROVENANCE_KEYS = (SPEC, MODEL_HASH, SAMPLER, SAMPLE_SEED)
 
@@ -91,6 +93,13 @@ def grid_coords(ds: xr.Dataset) -> tuple[np.ndarray, np.ndarray]:
 def variables_of(fields: xr.Dataset) -> list[str]:
     """The target variables of ``fields.zarr``, in channel order."""
     return list(json_attr(fields, VARIABLES))
+
+
+def posterior_variables(post: xr.Dataset) -> list[str]:
+    """The model's variables in a posterior store (not the raw members kept beside them)."""
+    if VARIABLES in post.attrs:
+        return list(json_attr(post, VARIABLES))
+    return [str(v) for v in post.data_vars if not str(v).endswith("_raw")]
 
 
 def split_index(ds: xr.Dataset, split: str) -> np.ndarray:

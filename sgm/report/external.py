@@ -21,6 +21,7 @@ from sgm.core import metrics
 from sgm.report.figures import (
     domain_mean_figure,
     maps_figure,
+    outlines_note,
     reobs_chi2_figure,
     spread_map_figure,
 )
@@ -91,13 +92,17 @@ def write_external_report(
     noise: dict[str, float],
     title: str,
     provenance: dict[str, Any],
+    raw_provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write the no-truth report ``out_html`` (and its figures as PNG files beside it).
 
     ``entries`` hold each variable's units and :func:`variable_summary`; ``all_labels`` label
-    every time of the series figures.
+    every time of the series figures; ``provenance`` is the header's list in words and
+    ``raw_provenance`` (optional) what it comes from, shown folded as JSON.
     """
     page = Page()
+    outlines = grid.outlines
+    lines = html.escape(outlines_note(outlines))
     for var, e in entries.items():
         rows = maps[var]
         page.add_html(f"<h2>{html.escape(var)} [{html.escape(e['units'])}]</h2>")
@@ -106,10 +111,10 @@ def write_external_report(
         page.add_figure(
             f"maps_{var}.png",
             maps_figure(var, e["units"], grid.lat, grid.lon, None, rows.y, grid.obs_pos,
-                        rows.ens, grid.labels, rows.threshold),
+                        rows.ens, grid.labels, rows.threshold, outlines),
             "One row per time. Observation (on its own grid), posterior mean and members share "
             "the colour scale of their row; the posterior std has its own scale; the last panel "
-            f"is the fraction of members above the threshold {thr}.",
+            f"is the fraction of members above the threshold {thr}.{lines}",
         )
 
     page.add_html("<h2>Spread and consistency with the observations</h2>"
@@ -124,10 +129,10 @@ def write_external_report(
     )
     page.add_figure(
         "spread_map.png",
-        spread_map_figure(entries, grid.lat, grid.lon),
+        spread_map_figure(entries, grid.lat, grid.lon, outlines),
         "Ensemble spread per grid cell: the square root of the time-mean member variance. It "
         "shows where the fine-scale field is uncertain given the coarse observation; whether it "
-        "matches the actual error needs truth (see the report on the test years).",
+        f"matches the actual error needs truth (see the report on the test years).{lines}",
     )
     eta_text = ", ".join(f"{v}: {fmt(float(noise[v]))}{unit_suffix(e['units'])}"
                          for v, e in entries.items())
@@ -138,4 +143,4 @@ def write_external_report(
         "is the ~95 % range of one consistent member's χ²/dof (n observed values per time); "
         "the mean over members varies less.",
     )
-    return page.write(out_html, title, header_html(title, provenance, INTRO))
+    return page.write(out_html, title, header_html(title, provenance, INTRO, raw_provenance))

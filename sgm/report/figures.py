@@ -3,18 +3,29 @@
 Each function takes arrays (or the metrics of ``metrics.json``) and returns a
 :class:`~matplotlib.figure.Figure`; the pages of :mod:`sgm.report.posterior` and
 :mod:`sgm.report.external` embed them.
-Maps put latitude up and longitude across on the data's own coordinates.
+Maps put latitude up and longitude across on the data's own coordinates, with coastlines and
+country borders drawn over them when the stage hands in :class:`~sgm.io.outlines.Outlines`
+(geographic grids; none for the oracle's grid of indices).
 """
 
 from __future__ import annotations
 
 import numpy as np
+from matplotlib import patheffects
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
-from matplotlib.ticker import NullFormatter
 
+from sgm.io.outlines import Outlines
 from sgm.report.page import fmt
+
+# Thin dark lines with a light halo: visible on dark (magma) and light (viridis) colours alike.
+_HALO = [patheffects.withStroke(linewidth=1.3, foreground="white", alpha=0.6)]
+COAST_STYLE = {"colors": "black", "linewidths": 0.55, "path_effects": _HALO, "zorder": 3}
+BORDER_STYLE = {"colors": "0.15", "linewidths": 0.35, "linestyles": (0, (3, 1.5)),
+                "zorder": 3}
+THRESHOLD_COLOUR = "#1f77b4"  # the truth's threshold contour: blue, unlike the black coasts
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -30,7 +41,27 @@ def _edges(c: np.ndarray) -> tuple[float, float]:
     return float(c[0] - half), float(c[-1] + half)
 
 
-def _squared(units: str) -> str:
+def draw_outlines(ax: Axes, outlines: Outlines | None) -> None:
+    """Coastlines and borders over a map, in its own lon/lat; the axes' limits stay as they are
+    (lines are cropped to them). Nothing for None (a grid that is not geographic)."""
+    if outlines is None:
+        return
+    for lines, style, gid in ((outlines.borders, BORDER_STYLE, "borders"),
+                              (outlines.coast, COAST_STYLE, "coastlines")):
+        if lines:
+            collection = LineCollection(list(lines), **style)
+            collection.set_gid(gid)
+            ax.add_collection(collection, autolim=False)
+
+
+def outlines_note(outlines: Outlines | None) -> str:
+    """A caption's sentence on the lines drawn ('' without outlines); plain text."""
+    if outlines is None:
+        return ""
+    return f" Coastlines (solid) and country borders (dashed): {outlines.source}."
+
+
+def squared(units: str) -> str:
     """'K²', '(m s-1)²'; '1' for dimensionless."""
     return "1" if units in ("", "1") else f"({units})²" if " " in units else f"{units}²"
 
@@ -51,12 +82,14 @@ def maps_figure(
     ens: np.ndarray,
     labels: list[str],
     threshold: float,
+    outlines: Outlines | None = None,
 ) -> Figure:
     """Rows of panels, one per time: truth[R, H, W] (or None), y[R, *obs], ens[M, R, H, W].
 
     Truth (when given), observation, posterior mean and members share a colour scale per row;
     then the posterior std and the fraction of members above ``threshold`` (with the truth's
-    threshold contour when there is a truth).
+    threshold contour when there is a truth). ``outlines``: coastlines and borders on every
+    panel.
     """
     members = min(3, ens.shape[0])
     first = [] if truth is None else ["Truth"]
@@ -96,10 +129,12 @@ def maps_figure(
         ax = row[n_shared + 3]
         im = ax.pcolormesh(lon, lat, prob[r], shading="nearest", vmin=0, vmax=1, cmap="Reds")
         if truth is not None and truth[r].min() < threshold < truth[r].max():
-            ax.contour(lon, lat, truth[r], levels=[threshold], colors="k", linewidths=0.8)
+            ax.contour(lon, lat, truth[r], levels=[threshold], colors=THRESHOLD_COLOUR,
+                       linewidths=1.0)
         fig.colorbar(im, cax=row[n_shared + 4], label="probability")
         panels = [row[c] for c in range(n_shared)] + [row[n_shared + 1], row[n_shared + 3]]
         for c, ax in enumerate(panels):
+            draw_outlines(ax, outlines)
             ax.set_aspect("equal", adjustable="box")
             ax.tick_params(labelsize=7)
             if r == 0:
@@ -116,9 +151,11 @@ def maps_figure(
     return fig
 
 
-def per_variable(entries: dict[str, dict], height: float) -> tuple[Figure, list]:
-    """A figure with one panel per variable: (figure, [(axes, name, entry), ...])."""
-    fig = new_figure(4.2 * len(entries), height)
+def per_variable(entries: dict[str, dict], height: float,
+                 least_width: float = 0.0) -> tuple[Figure, list]:
+    """A figure with one panel per variable (4.2 inches wide each, and ``least_width`` inches
+    in all at least): (figure, [(axes, name, entry), ...])."""
+    fig = new_figure(max(4.2 * len(entries), least_width), height)
     axes = fig.subplots(1, len(entries), squeeze=False)[0]
     return fig, [(ax, var, e) for ax, (var, e) in zip(axes, entries.items(), strict=True)]
 
@@ -130,42 +167,6 @@ def rank_histogram_figure(entries: dict[str, dict]) -> Figure:
         ax.bar(np.arange(counts.size), counts / counts.sum(), color="C0", width=0.85)
         ax.axhline(1 / counts.size, color="k", ls="--", lw=1, label="flat (calibrated)")
         ax.set(title=var, xlabel="rank of the truth among the members", ylabel="relative frequency")
-        ax.legend(fontsize=8)
-    return fig
-
-
-def spread_skill_figure(entries: dict[str, dict]) -> Figure:
-    fig, panels = per_variable(entries, 3.6)
-    for ax, var, e in panels:
-        bins = e["ensemble"]["spread_skill_bins"]
-        ax.plot(bins["spread"], bins["rmse"], "o-", color="C0", label="ensemble (binned)")
-        top = max(max(bins["spread"]), max(bins["rmse"]), e["baseline"]["rmse"]) * 1.1
-        ax.plot([0, top], [0, top], "k--", lw=1, label="spread = RMSE")
-        ax.axhline(e["baseline"]["rmse"], color="C1", lw=1, label=f"{e['baseline']['name']} RMSE")
-        ax.set(
-            xlim=(0, top),
-            ylim=(0, top),
-            xlabel=f"ensemble spread [{e['units']}]",
-            ylabel=f"RMSE of the mean [{e['units']}]",
-            title=f"{var}: spread/skill = {fmt(e['ensemble']['spread_skill_ratio'])}",
-        )
-        ax.legend(fontsize=8)
-    return fig
-
-
-def spectra_figure(entries: dict[str, dict]) -> Figure:
-    fig, panels = per_variable(entries, 3.6)
-    for ax, var, e in panels:
-        s = e["spectra"]
-        ax.loglog(s["k"], s["truth"], "k-", lw=2, label="truth")
-        ax.loglog(s["k"], s["ensemble"], "C0-", label="members")
-        ax.loglog(s["k"], s["baseline"], "C1--", label=e["baseline"]["name"])
-        ax.set(
-            title=var,
-            xlabel=f"wavenumber [{s['k_units']}]",
-            ylabel=f"power [{_squared(e['units'])}]",
-        )
-        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(fontsize=8)
     return fig
 
@@ -194,28 +195,38 @@ def _time_ticks(ax: Axes, labels: list[str], most: int = 6) -> None:
 
 
 def domain_mean_figure(entries: dict[str, dict], labels: list[str]) -> Figure:
-    """Domain-mean posterior (member mean, 5–95 % band) against the domain-mean observation.
+    """Domain-mean posterior (member mean, 5–95 % band) against the domain-mean truth and/or
+    observation, per time.
 
-    Each entry holds ``members``[M, T] and ``obs``[T] (domain means) and ``units``.
+    Each entry holds ``members``[M, T] (domain means of the members) and ``units``, and
+    ``truth``[T] (drawn as a black line: the test years) and/or ``obs``[T] (black dots: external
+    observations), each optional.
     """
-    fig, panels = per_variable(entries, 3.6)
+    fig, panels = per_variable(entries, 3.6, least_width=9.0)
     t = np.arange(len(labels))
     for ax, var, e in panels:
         lo, hi = np.percentile(e["members"], [5, 95], axis=0)
         ax.fill_between(t, lo, hi, color="C0", alpha=0.25, lw=0, label="members, 5–95 %")
         ax.plot(t, e["members"].mean(axis=0), color="C0", lw=1.5, label="posterior mean")
-        ax.plot(t, e["obs"], "k.", ms=4, label="observation")
+        if e.get("truth") is not None:
+            inside = float(np.mean((lo <= e["truth"]) & (e["truth"] <= hi)))
+            ax.plot(t, e["truth"], "k-", lw=1.2, label=f"truth ({100 * inside:.0f} % in band)")
+        if e.get("obs") is not None:
+            ax.plot(t, e["obs"], "k.", ms=4, label="observation")
         ax.set(title=var, ylabel=f"domain mean [{e['units']}]")
         _time_ticks(ax, labels)
         ax.legend(fontsize=8)
     return fig
 
 
-def spread_map_figure(entries: dict[str, dict], lat: np.ndarray, lon: np.ndarray) -> Figure:
-    """Maps of the ensemble spread per variable: each entry holds ``spread``[H, W], ``units``."""
+def spread_map_figure(entries: dict[str, dict], lat: np.ndarray, lon: np.ndarray,
+                      outlines: Outlines | None = None) -> Figure:
+    """Maps of the ensemble spread per variable: each entry holds ``spread``[H, W], ``units``;
+    ``outlines``: coastlines and borders over them."""
     fig, panels = per_variable(entries, 3.4)
     for ax, var, e in panels:
         im = ax.pcolormesh(lon, lat, e["spread"], shading="nearest", cmap="magma", vmin=0.0)
+        draw_outlines(ax, outlines)
         fig.colorbar(im, ax=ax, label=e["units"], shrink=0.85)
         ax.set_aspect("equal", adjustable="box")
         ax.set(title=var, xlabel="lon", ylabel="lat")

@@ -3,8 +3,9 @@
 Both report pages (:mod:`sgm.report.posterior` with truth, :mod:`sgm.report.external` without)
 are built with :class:`Page`: sections and figures are collected in memory, figures are
 embedded as base64 PNG (no external requests) and also written as PNG files next to the HTML,
-and the HTML is written to a temporary sibling and moved into place, so a failure leaves no page
-behind.
+each caption ending with a link to its file (for reuse in slides and papers), and the HTML is
+written to a temporary sibling and moved into place, so a failure leaves no page behind. The
+header is a provenance list in words and, folded away, the raw provenance as JSON.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,9 +30,12 @@ table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;padding
 vertical-align:top}th{background:#f3f3f3;text-align:left}td.num{text-align:right;
 font-variant-numeric:tabular-nums;white-space:nowrap}td.expl{color:#555;font-size:.9em}
 .best{font-weight:700;background:#eef7ee}dl.prov{display:grid;grid-template-columns:max-content
-auto;gap:.15em 1em}dl.prov dt{font-weight:600}dl.prov dd{margin:0;font-family:monospace;
-word-break:break-all}figure{margin:1em 0}figure img{max-width:100%;height:auto;
+auto;gap:.15em 1em}dl.prov dt{font-weight:600}dl.prov dd{margin:0;overflow-wrap:anywhere}
+details.raw{margin:.6em 0}details.raw summary{cursor:pointer;color:#444}details.raw pre{
+background:#f7f7f7;border:1px solid #e3e3e3;padding:.6em;overflow:auto;max-height:32em;
+font-size:.85em}figure{margin:1em 0}figure img{max-width:100%;height:auto;
 border:1px solid #eee}figcaption{color:#444;font-size:.92em;max-width:70em}
+figcaption a.file{white-space:nowrap}
 """
 
 
@@ -78,18 +83,43 @@ def png_bytes(fig: Figure) -> bytes:
 
 
 def figure_html(name: str, png: bytes, caption: str) -> str:
-    """A <figure> with the PNG embedded as base64 and its (HTML) caption."""
+    """A <figure> with the PNG embedded as base64 and its (HTML) caption, which ends with a
+    link to the PNG file ``name`` written beside the page."""
     data = base64.b64encode(png).decode("ascii")
+    ref = html.escape(name, quote=True)
     return (
-        f"<figure><img src='data:image/png;base64,{data}' alt='{html.escape(name)}'>"
-        f"<figcaption>{caption} <em>({html.escape(name)})</em></figcaption></figure>"
+        f"<figure><img src='data:image/png;base64,{data}' alt='{ref}'>"
+        f"<figcaption>{caption} <a class='file' href='{ref}'>{html.escape(name)}</a>"
+        "</figcaption></figure>"
     )
 
 
-def header_html(title: str, items: dict[str, Any], intro: str) -> str:
-    """The page title, a provenance list (label → value, escaped) and an introduction (HTML)."""
-    rows = "".join(f"<dt>{k}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items.items())
-    return f"<h1>{html.escape(title)}</h1><dl class='prov'>{rows}</dl>{intro}"
+def json_text(value: Any, indent: int = 0) -> str:
+    """``value`` as indented JSON, lists of numbers (and of short lists) on one line each."""
+    pad = "  " * (indent + 1)
+    if isinstance(value, dict) and value:
+        rows = [f"{pad}{json.dumps(str(k), ensure_ascii=False)}: {json_text(v, indent + 1)}"
+                for k, v in value.items()]
+        return "{\n" + ",\n".join(rows) + "\n" + "  " * indent + "}"
+    if isinstance(value, list | tuple) and value and any(isinstance(v, dict) for v in value):
+        rows = [pad + json_text(v, indent + 1) for v in value]
+        return "[\n" + ",\n".join(rows) + "\n" + "  " * indent + "]"
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def raw_provenance_html(raw: Any) -> str:
+    """A folded block with ``raw`` as JSON (escaped): everything the words above come from."""
+    return ("<details class='raw'><summary>Raw provenance</summary>"
+            f"<pre>{html.escape(json_text(raw))}</pre></details>")
+
+
+def header_html(title: str, items: dict[str, Any], intro: str, raw: Any = None) -> str:
+    """The page title, a provenance list (label → value, escaped), the raw provenance folded
+    away (when given) and an introduction (HTML)."""
+    rows = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(str(v))}</dd>"
+                   for k, v in items.items())
+    folded = "" if raw is None else raw_provenance_html(raw)
+    return f"<h1>{html.escape(title)}</h1><dl class='prov'>{rows}</dl>{folded}{intro}"
 
 
 class Page:

@@ -1,9 +1,11 @@
-"""The evaluation report: scores of the ensemble and the baseline, maps of a few test times,
-calibration diagnostics, spectra, the Gaussian oracle's scores when present, the training loss.
+"""The evaluation report: a verdict, scores of the ensemble and the baselines, maps of a few test
+times, calibration diagnostics, spectra, the Gaussian oracle's scores when present, the sampler
+and the training.
 
-The page is meant for an analyst: provenance, a table of the ensemble's and the baseline's
-scores with what each one means, maps (truth, observation, posterior mean, spread, members,
-exceedance probability), the rank histogram and spread-skill, radially averaged power spectra.
+The page is meant for an analyst: provenance, the verdict in words (``sgm.report.skill``), a
+table of the ensemble's and the baselines' scores with what each one means, maps (truth,
+observation, posterior mean, spread, members, exceedance probability), the rank histogram and
+spread-skill, radially averaged power spectra.
 Everything here works on arrays and the metrics of ``metrics.json``; the ``report`` stage reads
 the stores. Figures come from :mod:`sgm.report.figures`, the page from :class:`Page`.
 """
@@ -11,22 +13,32 @@ the stores. Figures come from :mod:`sgm.report.figures`, the page from :class:`P
 from __future__ import annotations
 
 import html
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from sgm.io.outlines import Outlines
 from sgm.report.figures import (
+    domain_mean_figure,
     loss_figure,
     maps_figure,
+    outlines_note,
     rank_histogram_figure,
-    spectra_figure,
-    spread_skill_figure,
     tuning_figure,
 )
 from sgm.report.page import Page, fmt, generated, header_html, threshold_text
+from sgm.report.provenance import operator_text
+from sgm.report.skill import (
+    metrics_table,
+    selection_figure,
+    selection_html,
+    spectra_figure,
+    spread_skill_figure,
+    verdict_html,
+)
+from sgm.report.tails import qq_figure, reliability_figure, tails_table
 
 
 @dataclass(frozen=True)
@@ -46,19 +58,21 @@ class MapRows:
 
 @dataclass(frozen=True)
 class MapGrid:
-    """The grid of the maps: lat[H], lon[W], the observations' (lat, lon)[*obs], row labels."""
+    """The grid of the maps: lat[H], lon[W], the observations' (lat, lon)[*obs], row labels,
+    and the coastlines and borders drawn on the maps (None: a grid that is not geographic)."""
 
     lat: np.ndarray
     lon: np.ndarray
     obs_pos: tuple[np.ndarray, np.ndarray]
     labels: list[str]
+    outlines: Outlines | None = None
 
 
 # One metric per line (a trailing backslash continues it):
 # key | label | target ("lower", the ideal value or "-") | meaning and what good is.
 _METRICS = """
 crps | CRPS | lower | Continuous ranked probability score (fair estimator), in the variable's \
-units; for the deterministic baseline it equals its MAE. Lower is better.
+units; for a deterministic baseline it equals its MAE. Lower is better.
 rmse | RMSE of the mean | lower | Root-mean-square error of the ensemble mean. Lower is better.
 mae | MAE of the mean | lower | Mean absolute error of the ensemble mean. Lower is better.
 bias | Bias of the mean | 0 | Mean of (ensemble mean − truth). 0 is best.
@@ -68,7 +82,7 @@ over-confident (too little spread), > 1 under-confident.
 coverage_50 | 50 % coverage | 0.5 | Fraction of truths inside the ensemble's central 50 % \
 interval. Good: 0.5.
 coverage_90 | 90 % coverage | 0.9 | Fraction of truths inside the central 90 % interval. \
-Good: 0.9, but M members reach at most (M−1)/(M+1).
+Good: 0.9, but M members reach at most (M−1)/(M+1) (0.882 for 16).
 energy_score | Energy score | lower | Multivariate CRPS of each whole field (fair). Lower is better.
 spectrum_error | Spectrum error | 0 | Mean |log10 P_forecast(k) − log10 P_truth(k)| over \
 wavenumbers: 0 = realistic spatial variability; smooth fields score high.
@@ -100,31 +114,23 @@ def _rows(table: str) -> list[tuple[str, str, str | float | None, str]]:
 
 METRIC_ROWS = _rows(_METRICS)
 ORACLE_ROWS = _rows(_ORACLE)
-INTRO = (
-    "<p>Scores compare the posterior ensemble with a deterministic interpolation of the "
-    "observations (the baseline) on the test times, in physical units. In the tables, "
-    "<b>bold</b> marks the better of the two where a better value is defined.</p>"
+DOMAIN_MEAN_TEXT = (
+    "Domain mean (unweighted mean over grid cells) per test time: the mean over members "
+    "(blue line) and the 5–95 % range of the members (band, a 90 % band) against the domain "
+    "mean of the truth (black line; the legend gives the fraction of times inside the band). "
+    "A calibrated ensemble's band holds the truth about 90 % of the time (M members at most "
+    "(M−1)/(M+1)); a truth outside the band for many consecutive times is a drift the "
+    "ensemble does not know about (a climate warmer than the training years, for example)."
 )
-
-
-def _metrics_table(e: dict) -> str:
-    ens, base = e["ensemble"], e["baseline"]
-    out = [
-        f"<table><tr><th>Metric</th><th>Ensemble ({e['n_members']} members)</th>"
-        f"<th>Baseline ({html.escape(base['name'])})</th><th>Meaning</th></tr>"
-    ]
-    for key, label, target, expl in METRIC_ROWS:
-        a, b = ens.get(key), base.get(key)
-        best = None
-        if isinstance(a, float) and isinstance(b, float) and target is not None and a != b:
-            da, db = (a, b) if target == "lower" else (abs(a - target), abs(b - target))
-            best = 0 if da < db else 1 if db < da else None
-        cells = "".join(
-            f"<td class='num{' best' if best == i else ''}'>{fmt(v)}</td>"
-            for i, v in enumerate((a, b))
-        )
-        out.append(f"<tr><th>{label}</th>{cells}<td class='expl'>{html.escape(expl)}</td></tr>")
-    return "".join(out) + "</table>"
+INTRO = (
+    "<p>Scores compare the posterior ensemble with the baselines a statistician would use, on "
+    "the test times, in physical units: the operator's own interpolation of the observations, "
+    "climatology-anomaly interpolation (the training climatology plus the interpolated "
+    "anomaly) and, for linear operators, a Gaussian posterior ensemble whose prior is fitted on "
+    "the training years (covariance shrinkage chosen on the validation years). Deterministic "
+    "baselines have no spread, so their CRPS is their MAE. In the tables, <b>bold</b> marks "
+    "the best value of a row where a best value is defined.</p>"
+)
 
 
 def _oracle_table(o: dict) -> str:
@@ -147,22 +153,33 @@ def write_posterior_report(
     title: str,
     test_period: str,
     tuning: dict[str, Any] | None = None,
+    domain_means: dict[str, dict[str, Any]] | None = None,
+    all_labels: list[str] | None = None,
 ) -> Path:
     """Write the evaluation report ``out_html`` (and its figures as PNG files beside it).
 
     ``loss`` is the training loss log: (step[N], loss[N], the log's file name); ``tuning``
-    the output of ``sgm tune-sampler`` when the sampler was tuned.
+    the output of ``sgm tune-sampler`` when the sampler was tuned; ``domain_means`` per
+    variable the domain means of the members [M, T] and of the truth [T] (and ``units``) at
+    every test time, labelled by ``all_labels``.
     """
     page = Page()
     entries: dict[str, dict] = metrics["variables"]
+    page.add_html("<h2>Verdict</h2>" + "".join(verdict_html(v, e) for v, e in entries.items()))
     for var, e in entries.items():
         rows = maps[var]
+        recalibrated = ""
+        if "raw_ensemble" in e:
+            recalibrated = (" The members were recalibrated: their deviations from the ensemble "
+                            "mean inflated by a factor fitted on the validation years (column "
+                            "'Before recalibration': the raw members).")
         page.add_html(
             f"<h2>{html.escape(var)} [{html.escape(e['units'])}]</h2>"
-            f"<p>{e['n_times']} test times, {e['n_members']} members.</p>" + _metrics_table(e)
+            f"<p>{e['n_times']} test times, {e['n_members']} members.{recalibrated}</p>"
+            + metrics_table(e, METRIC_ROWS)
         )
         fig = maps_figure(var, e["units"], grid.lat, grid.lon, rows.truth, rows.y, grid.obs_pos,
-                          rows.ens, grid.labels, rows.threshold)
+                          rows.ens, grid.labels, rows.threshold, grid.outlines)
         thr = threshold_text(rows.threshold, e["units"], rows.default_threshold, "the test truth")
         page.add_figure(
             f"maps_{var}.png",
@@ -170,13 +187,20 @@ def write_posterior_report(
             "One row per test time. Truth, observation (on its own grid), posterior mean and "
             "members share the colour scale of their row; the posterior std has its own scale; "
             "the last panel is the fraction of members above the threshold "
-            f"{thr}, with the truth's threshold contour in black.",
+            f"{thr}, with the truth's threshold contour in blue."
+            + html.escape(outlines_note(grid.outlines)),
         )
         if "oracle" in e:
             page.add_html(
                 "<h3>Gaussian oracle: ensemble vs exact posterior</h3>" + _oracle_table(e["oracle"])
             )
+            if "oracle_raw" in e:
+                page.add_html("<p>Before recalibration:</p>" + _oracle_table(e["oracle_raw"]))
 
+    if domain_means:
+        page.add_html("<h2>Domain mean over the test period</h2>")
+        page.add_figure("domain_mean.png",
+                        domain_mean_figure(domain_means, all_labels or []), DOMAIN_MEAN_TEXT)
     page.add_html("<h2>Calibration and spatial structure</h2>")
     page.add_figure(
         "rank_histogram.png",
@@ -197,6 +221,20 @@ def write_posterior_report(
         "should follow the truth at all scales; smooth interpolation loses power at small "
         "scales (high k), blocky fills gain it.",
     )
+    page.add_html("<h2>Extremes</h2>" + "".join(
+        f"<h3>{html.escape(v)}</h3>" + tails_table(e) for v, e in entries.items()))
+    page.add_figure(
+        "quantiles.png", qq_figure(entries),
+        "Pooled quantiles of every forecast against those of the truth, from the median to the "
+        "99.99th percentile: on the diagonal, a forecast's distribution of values matches the "
+        "truth's, tail included; below it at the top, the extremes are too weak.",
+    )
+    page.add_figure(
+        "reliability.png", reliability_figure(entries),
+        "Reliability of the exceedance probability of the highest tail threshold: the observed "
+        "frequency of the event among the pixels given each forecast probability k/M. On the "
+        "diagonal, the probabilities can be taken at face value.",
+    )
     if tuning is not None:
         page.add_html("<h2>Sampler</h2>" + _tuning_html(tuning))
         page.add_figure(
@@ -208,9 +246,17 @@ def write_posterior_report(
             "over variables; candidates dearer than the chosen one are not run.",
         )
     page.add_html("<h2>Training</h2>")
+    chosen = metrics.get("model_selection", {})
+    if "selection" in chosen:
+        page.add_html(selection_html(chosen["selection"], chosen.get("recalibration")))
+        page.add_figure("selection.png", selection_figure(chosen["selection"], list(entries)),
+                        "Model selection: the validation scores of every snapshot kept during "
+                        "training; later snapshots fit the training years better but can be "
+                        "over-confident on others.")
     page.add_figure("loss.png", loss_figure(loss[0], loss[1]),
                     f"Denoising loss per step from {html.escape(loss[2])}.")
-    header = header_html(title, _provenance(metrics, test_period), INTRO)
+    raw = {k: v for k, v in metrics.items() if k != "variables"}
+    header = header_html(title, _provenance(metrics, test_period), INTRO, raw)
     return page.write(out_html, title, header)
 
 
@@ -240,13 +286,14 @@ def _tuning_html(tuning: dict[str, Any]) -> str:
 def _provenance(m: dict, test_period: str) -> dict[str, Any]:
     """The provenance list of the page: where the data, the model and the sampler come from."""
     prov = m.get("provenance", {})
+    units = {var: e.get("units", "") for var, e in m.get("variables", {}).items()}
     return {
         "Data spec": m.get("spec") or prov.get("sgm_spec", "?"),
         "Model hash": prov.get("sgm_model_hash", "—"),
         "Sampler": sampler_text(prov.get("sgm_sampler", "—")),
         "Sampling seed": prov.get("sgm_seed", "—"),
-        "Operator": json.dumps(m.get("operator")),
-        "Noise std": json.dumps(m.get("noise_std")),
+        "Observations": operator_text(m.get("operator"), m.get("noise_std"), units),
+        "Observation seed": m.get("obs_seed", "—"),
         "Test period": test_period,
         "Generated": generated(),
     }

@@ -22,9 +22,18 @@ import torch
 import xarray as xr
 
 from sgm.core import metrics
+from sgm.core.baselines import statistical_baselines
 from sgm.core.gaussian import GaussianRandomField
+from sgm.core.heavy_tailed import CensoredPowerField
 from sgm.core.observation import ObservationModel
-from sgm.core.verification import score_deterministic, score_ensemble, score_oracle, spectra
+from sgm.core.tail_scores import marginal_scores, tail_scores
+from sgm.core.verification import (
+    COVERAGE_LEVELS,
+    score_deterministic,
+    score_ensemble,
+    score_oracle,
+    spectra,
+)
 from sgm.io import layout
 from sgm.io.stores import (
     StoreError,
@@ -35,6 +44,15 @@ from sgm.io.stores import (
 )
 
 log = logging.getLogger(__name__)
+
+# Default tail thresholds: these quantiles of the training fields' pooled values.
+TAIL_LEVELS = (0.9, 0.99, 0.999)
+
+def _members(post: xr.Dataset, names: list[str], times: xr.DataArray) -> np.ndarray:
+    """Members of ``names`` at ``times``: [M, T, C, H, W] float64."""
+    return np.stack([post[v].sel(time=times).transpose("member", "time", "lat", "lon").values
+                     for v in names], axis=2).astype(np.float64)
+
 
 def _positions(ds: xr.Dataset, times: xr.DataArray) -> np.ndarray:
     """Indices of ``times`` along the time axis of ``ds``."""
@@ -84,11 +102,17 @@ def evaluate(
     metrics_path: str | Path,
     maps_path: str | Path,
     seed: int = 0,
+    thresholds: dict[str, list[float]] | None = None,
 ) -> dict:
-    """Score the posterior and the baseline on the test times; write metrics.json and maps.zarr.
+    """Score the posterior and the baselines on the test times; write metrics.json and
+    maps.zarr.
 
-    ``seed`` drives the rank histogram's random tie breaking. Returns the metrics dict written.
+    ``seed`` drives the rank histogram's random tie breaking and the Gaussian baseline's
+    members. ``thresholds`` (variable → values in its units) are the tail scores' event
+    thresholds; default: the 90th, 99th and 99.9th percentiles of the training fields. Returns
+    the metrics dict written.
     """
+    thresholds = thresholds or {}
     check_output(maps_path)
     fields, obs_store, post = (open_store(fields_path), open_store(obs_path),
                                open_store(posterior_path))
@@ -120,53 +144,103 @@ def evaluate(
         "obs_seed": json_attr(obs_store, layout.OBS_SEED)
         if layout.OBS_SEED in obs_store.attrs else None,
         "evaluate_seed": seed,
+        "model_selection": json_attr(post, layout.SELECTION)
+        if layout.SELECTION in post.attrs else {},
         "variables": {},
     }
     maps: dict[str, Any] = {}
     truth_all = layout.stack(fields, variables, _positions(fields, times)).astype(np.float64)
     y_all = layout.stack(obs_store, variables, _positions(obs_store, times)).astype(np.float64)
-    ens_all = np.stack([post[v].sel(time=times).transpose("member", "time", "lat", "lon").values
-                        for v in variables], axis=2).astype(np.float64)  # [M, T, C, H, W]
-    for path, values in ((fields_path, truth_all), (posterior_path, ens_all),
+    ensembles = {"ensemble": _members(post, variables, times)}  # [M, T, C, H, W]
+    if all(f"{v}_raw" in post.data_vars for v in variables):  # recalibrated: raw kept too
+        ensembles["raw ensemble"] = _members(post, [f"{v}_raw" for v in variables], times)
+    for path, values in ((fields_path, truth_all), (posterior_path, ensembles["ensemble"]),
                          (obs_path, y_all)):
         if not np.isfinite(values).all():
             raise StoreError(f"{path}: has NaN or infinite values at the test times")
-    if ens_all.shape[1:] != truth_all.shape:
-        raise ValueError(f"posterior shape {ens_all.shape} does not match truth "
+    if ensembles["ensemble"].shape[1:] != truth_all.shape:
+        raise ValueError(f"posterior shape {ensembles['ensemble'].shape} does not match truth "
                          f"{truth_all.shape}")
-    pred_all = obs.baseline(torch.as_tensor(y_all)).numpy()
-    a_ens_all = obs.apply(torch.as_tensor(ens_all)).numpy()
-    a_pred_all = obs.apply(torch.as_tensor(pred_all)).numpy()
+    members = ensembles["ensemble"].shape[0]
+    train = torch.from_numpy(layout.stack(fields, variables, layout.split_index(fields, "train")))
+    val_obs = layout.split_index(obs_store, "val")
+    val_truth = val_y = None
+    if val_obs.size:
+        val_times = obs_store.time.values[val_obs]
+        val_y = torch.from_numpy(layout.stack(obs_store, variables, val_obs))
+        val_truth = torch.from_numpy(layout.stack(
+            fields, variables, fields.indexes["time"].get_indexer(val_times)))
+    index = post["obs_index"].sel(time=times).values if "obs_index" in post.coords else \
+        np.arange(times.size)
+    normalisation = json_attr(fields, layout.NORMALISATION)
+    transformed = [bool(normalisation[v].get("transform")) for v in variables]
+    baselines = statistical_baselines(obs, train, torch.as_tensor(y_all), val_truth, val_y,
+                                      members, seed + 1, index.tolist(), transformed)
+    marginal = (CensoredPowerField.from_dict(json_attr(fields, layout.HEAVY_TAILED_PRIOR))
+                if layout.HEAVY_TAILED_PRIOR in fields.attrs else None)
+    forecasts = {name: ("ensemble", e) for name, e in ensembles.items()}
+    forecasts.update({name: (b["kind"], b["values"].numpy()) for name, b in baselines.items()})
+    observed = {name: obs.apply(torch.as_tensor(v)).numpy() for name, (_, v) in forecasts.items()}
     for c, var in enumerate(variables):
-        truth, y, ens, pred = truth_all[:, c], y_all[:, c], ens_all[:, :, c], pred_all[:, c]
+        truth, y = truth_all[:, c], y_all[:, c]
         eta = obs.noise[var]
+        levels = thresholds.get(var) or np.quantile(train[:, c].numpy(), TAIL_LEVELS).tolist()
         units = str(fields[var].attrs.get("units", ""))
-        ens_scores, crps = score_ensemble(ens, truth, a_ens_all[:, :, c], y, eta, rng)
-        base_scores = score_deterministic(pred, truth, a_pred_all[:, c], y, eta)
-        spec_ = spectra(ens, truth, pred)
-        for scores, key in ((ens_scores, "ensemble"), (base_scores, "baseline")):
-            scores["spectrum_error"] = metrics.log_spectral_distance(
-                np.asarray(spec_[key]), np.asarray(spec_["truth"])
-            )
+        scores, crps_maps, spec_ = {}, {}, {"k": None, "truth": None}
+        for name, (kind, values) in forecasts.items():
+            v = values[:, :, c] if kind == "ensemble" else values[:, c]
+            a_v = observed[name][:, :, c] if kind == "ensemble" else observed[name][:, c]
+            if kind == "ensemble":
+                scores[name], crps_maps[name] = score_ensemble(v, truth, a_v, y, eta, rng)
+            else:
+                scores[name] = score_deterministic(v, truth, a_v, y, eta)
+            spectrum = spectra(v if kind == "ensemble" else v[None], truth)
+            spec_.update(k=spectrum["k"], k_units=spectrum["k_units"], truth=spectrum["truth"])
+            spec_[name] = spectrum["forecast"]
+            scores[name]["spectrum_error"] = metrics.log_spectral_distance(
+                np.asarray(spectrum["forecast"]), np.asarray(spectrum["truth"]))
+            scores[name]["kind"] = kind
+            members_of = v if kind == "ensemble" else v[None]
+            scores[name]["tail"] = tail_scores(members_of, truth, levels)
+            if marginal is not None:
+                scores[name]["tail"]["exact_marginal"] = marginal_scores(members_of, marginal)
+        for name, b in baselines.items():
+            if "selection" in b:
+                scores[name]["selection"] = {**b["selection"],
+                                             "shrinkage": b["selection"]["shrinkage"][c]}
+        base_names = list(baselines)
+        best = min(base_names, key=lambda n: scores[n]["crps"])
         entry: dict[str, Any] = {
             "units": units,
             "n_times": int(truth.shape[0]),
-            "n_members": int(ens.shape[0]),
-            "ensemble": ens_scores,
-            "baseline": {"name": obs.baseline_name, **base_scores},
+            "n_members": int(members),
+            "nominal_coverage": {f"coverage_{round(q * 100)}": metrics.nominal_coverage(q, members)
+                                 for q in COVERAGE_LEVELS},
+            "ensemble": scores["ensemble"],
+            "baselines": {n: scores[n] for n in base_names},
+            "best_baseline": best,
+            "crps_skill": 1.0 - scores["ensemble"]["crps"] / scores[best]["crps"],
             "spectra": spec_,
         }
-        if prior is not None:
-            entry["oracle"] = score_oracle(prior, obs.matrix(), eta, ens, truth, y)
+        entry["tail_thresholds"] = [float(t) for t in levels]
+        if marginal is not None:
+            entry["exact_marginal"] = {"zero_fraction": marginal.zero_fraction,
+                                       **{f"q{100 * u:g}": float(marginal.quantile(u))
+                                          for u in (0.99, 0.999)}}
+        if "raw ensemble" in scores:
+            entry["raw_ensemble"] = scores["raw ensemble"]
+        if prior is not None and obs.linear:
+            entry["oracle"] = score_oracle(prior, obs.matrix(), eta,
+                                           ensembles["ensemble"][:, :, c], truth, y)
+            if "raw ensemble" in ensembles:
+                entry["oracle_raw"] = score_oracle(prior, obs.matrix(), eta,
+                                                   ensembles["raw ensemble"][:, :, c], truth, y)
         result["variables"][var] = entry
-        maps.update(_maps(var, ens, truth, pred, crps, units))
-        log.info(
-            "evaluate %s: CRPS ensemble %.4g, baseline %.4g %s",
-            var,
-            ens_scores["crps"],
-            base_scores["crps"],
-            units,
-        )
+        interpolation = forecasts[obs.baseline_name][1][:, c]
+        maps.update(_maps(var, ensembles["ensemble"][:, :, c], truth, interpolation,
+                          crps_maps["ensemble"], units))
+        log.info("evaluate %s: CRPS ensemble %.4g %s; %s", var, scores["ensemble"]["crps"], units,
+                 ", ".join(f"{n} {scores[n]['crps']:.4g}" for n in base_names))
 
     result = _clean(result)
     text = json.dumps(result, indent=2)

@@ -16,6 +16,7 @@ import errno
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import cftime
 import dask
@@ -24,7 +25,9 @@ import xarray as xr
 from dask.diagnostics import ProgressBar
 
 from sgm.config import SPLITS, DataSpec, GaussianFieldSource, StaticField, Variable, load_spec
+from sgm.config.spec import CensoredPowerSource
 from sgm.core.gaussian import GaussianRandomField
+from sgm.core.heavy_tailed import CensoredPowerField, CensoredPowerTransform
 from sgm.core.observation import ObservationModel
 from sgm.io import layout
 from sgm.io.grid import same_grid
@@ -46,11 +49,18 @@ from sgm.io.stores import check_output, write_store
 log = logging.getLogger(__name__)
 
 
-def _synthetic(src: GaussianFieldSource, var: Variable) -> tuple[xr.DataArray, dict]:
-    """A stationary Gaussian random field drawn with a fixed seed (the oracle's data)."""
-    field = GaussianRandomField(
-        tuple(src.shape), src.length_scale, src.nu, src.variance, src.mean
-    )
+def _synthetic(src: GaussianFieldSource, var: Variable) -> tuple[xr.DataArray, str, dict]:
+    """A synthetic oracle drawn with a fixed seed: a stationary Gaussian random field, or the
+    heavy-tailed censored power of one; also its attribute key and description."""
+    if isinstance(src, CensoredPowerSource):
+        field = CensoredPowerField(tuple(src.shape), src.length_scale, src.nu, src.scale,
+                                   src.offset, src.exponent)
+        key, described = layout.HEAVY_TAILED_PRIOR, field.to_dict()
+    else:
+        field = GaussianRandomField(
+            tuple(src.shape), src.length_scale, src.nu, src.variance, src.mean
+        )
+        key, described = layout.GAUSSIAN_PRIOR, field.to_dict()
     values = field.sample(src.n_times, np.random.default_rng(src.seed)).astype(np.float32)
     times = cftime.num2date(np.arange(src.n_times), "days since 2000-01-01", calendar="360_day")
     da = xr.DataArray(
@@ -59,10 +69,10 @@ def _synthetic(src: GaussianFieldSource, var: Variable) -> tuple[xr.DataArray, d
         coords={"time": times, "lat": np.arange(src.shape[0], dtype=float),
                 "lon": np.arange(src.shape[1], dtype=float)},
         name=var.name,
-        attrs={"units": src.units, "long_name": "Gaussian random field",
+        attrs={"units": src.units, "long_name": type(field).__name__,
                layout.SOURCE: "synthetic"},
     )
-    return da, field.to_dict()
+    return da, key, described
 
 
 def _clean_attrs(attrs: dict) -> dict:
@@ -81,7 +91,7 @@ def _read_targets(spec: DataSpec, spec_dir: Path | None) -> tuple[list[xr.DataAr
     for var in spec.variables:
         source = var.source or spec.source
         if source.synthetic is not None:
-            da, attrs[layout.GAUSSIAN_PRIOR] = _synthetic(source.synthetic, var)
+            da, key, attrs[key] = _synthetic(source.synthetic, var)
         else:
             paths = source_paths(source, spec_dir, describe(var))
             da = place(read_field(paths, var, spec.longitudes), spec)
@@ -115,7 +125,7 @@ def _moments(da: xr.DataArray, train: slice | np.ndarray) -> tuple[xr.DataArray,
 
 def _fill_and_stats(
     da: xr.DataArray, var: Variable, key: str, train: slice | np.ndarray
-) -> tuple[xr.DataArray, dict[str, float]]:
+) -> tuple[xr.DataArray, dict[str, Any]]:
     """Check missing values against the spec, fill allowed ones, and the training statistics.
 
     One pass over the data counts missing and non-finite values and computes the statistics;
@@ -145,7 +155,19 @@ def _fill_and_stats(
         mean, std = compute(*_moments(da, train), where=where_of(da))
     if not float(std) > 0:
         raise SourceError(f"{where_of(da)}: is constant over the training split")
-    return da, {"mean": float(mean), "std": float(std)}
+    stats: dict[str, Any] = {"mean": float(mean), "std": float(std)}
+    if var.transform == "censored_power":  # the model trains on T(x): its statistics
+        (values,) = compute(da.isel(time=train), where=where_of(da))
+        try:
+            transform = CensoredPowerTransform.fit(values.values, threshold=var.dry_threshold)
+        except ValueError as exc:
+            raise SourceError(f"{where_of(da)}: the censored power transform cannot be fitted "
+                              f"({exc}; {key}.transform)") from None
+        latent = transform.forward(values.values)
+        stats = {"mean": float(latent.mean()), "std": float(latent.std()),
+                 "transform": transform.to_dict(), "physical_mean": stats["mean"],
+                 "physical_std": stats["std"]}
+    return da, stats
 
 
 def _read_static(

@@ -15,6 +15,7 @@ import numpy as np
 
 from sgm.io import layout
 from sgm.io.losslog import read_loss_csv
+from sgm.io.outlines import outlines_of
 from sgm.io.stores import StoreError, open_store
 from sgm.report.figures import map_rows
 from sgm.report.page import period, time_label
@@ -30,7 +31,7 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     if not isinstance(m, dict) or not isinstance(m.get("variables"), dict) or not m["variables"]:
         raise ValueError(f"{path}: not a metrics file written by sgm evaluate (no variables)")
     for var, e in m["variables"].items():
-        if not isinstance(e, dict) or not {"units", "ensemble", "baseline"} <= set(e):
+        if not isinstance(e, dict) or not {"units", "ensemble", "baselines"} <= set(e):
             raise ValueError(f"{path}: variable {var!r} lacks the scores sgm evaluate writes")
     return m
 
@@ -81,9 +82,15 @@ def report(
     times = layout.test_times(fields, post, posterior_path)
     t_idx = map_rows(times.size, n_maps)
     sel = times.isel(time=t_idx)
-    maps = {}
+    maps, domain_means = {}, {}
     for var in m["variables"]:
         truth_all = fields[var].sel(time=times).transpose("time", "lat", "lon").values
+        domain_means[var] = {
+            "units": m["variables"][var]["units"],
+            "truth": truth_all.mean(axis=(1, 2), dtype=np.float64),
+            "members": post[var].sel(time=times).mean(("lat", "lon"), dtype=np.float64)
+            .transpose("member", "time").values,
+        }
         thr = float(np.percentile(truth_all, 90)) if threshold is None else float(threshold)
         maps[var] = MapRows(
             truth=truth_all[t_idx],
@@ -94,8 +101,9 @@ def report(
         )
     first = next(iter(m["variables"]))
     grid = MapGrid(lat, lon, layout.observation_positions(obs, first),
-                   [time_label(t) for t in times.values[t_idx]])
+                   [time_label(t) for t in times.values[t_idx]], outlines_of(fields))
     title = title or f"sgm posterior report — {spec}"
     tuned = read_tuning(tuning) if tuning is not None else None
     return write_posterior_report(out_html, m, maps, grid, (steps, losses, Path(loss_csv).name),
-                                  title, period(times.values), tuned)
+                                  title, period(times.values), tuned, domain_means,
+                                  [time_label(t) for t in times.values])

@@ -7,7 +7,6 @@ truth: maps, spread, re-observation consistency).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +16,13 @@ import xarray as xr
 
 from sgm.core.observation import ObservationModel
 from sgm.io import layout
+from sgm.io.outlines import outlines_of
 from sgm.io.stores import json_attr, open_store
 from sgm.report.external import variable_summary, write_external_report
 from sgm.report.figures import map_rows
 from sgm.report.page import generated, period, time_label
-from sgm.report.posterior import MapGrid, MapRows
+from sgm.report.posterior import MapGrid, MapRows, sampler_text
+from sgm.report.provenance import operator_text
 
 
 def report_external(
@@ -49,7 +50,7 @@ def report_external(
     times = post["time"].values
     labels = [time_label(t) for t in times]
     rows = map_rows(times.size, n_maps)
-    variables = [str(v) for v in post.data_vars]
+    variables = layout.posterior_variables(post)
     entries: dict[str, dict] = {}
     maps: dict[str, MapRows] = {}
     for var in variables:
@@ -65,15 +66,26 @@ def report_external(
         thr = float(np.percentile(mean_field, 90)) if threshold is None else float(threshold)
         maps[var] = MapRows(None, y[rows], ens[:, rows], thr, threshold is None)
     grid = MapGrid(lat, lon, layout.observation_positions(obs_store, variables[0]),
-                   [labels[i] for i in rows])
+                   [labels[i] for i in rows], outlines_of(post))
     spec = post.attrs.get(layout.SPEC) or obs_store.attrs.get(layout.SPEC, "?")
     source = obs_store.attrs.get(layout.SOURCE_FILE, "?")
     title = title or f"sgm posterior for external observations — {spec}, {Path(source).name}"
     return write_external_report(out_html, entries, maps, grid, labels, obs.noise, title,
-                                 _provenance(obs_store, post, times))
+                                 _provenance(obs_store, post, times, entries),
+                                 _raw_provenance(obs_store, post))
 
 
-def _provenance(obs: xr.Dataset, post: xr.Dataset, times: np.ndarray) -> dict[str, Any]:
+def _raw_provenance(obs: xr.Dataset, post: xr.Dataset) -> dict[str, Any]:
+    """What the provenance list says, as stored: the stores' sgm_* attributes."""
+    def attrs(ds: xr.Dataset) -> dict[str, Any]:
+        return {k: json_attr(ds, k) if isinstance(v, str) and v[:1] in "[{" else v
+                for k, v in ds.attrs.items() if k.startswith("sgm_")}
+
+    return {"observations": attrs(obs), "posterior": attrs(post)}
+
+
+def _provenance(obs: xr.Dataset, post: xr.Dataset, times: np.ndarray,
+                entries: dict[str, dict]) -> dict[str, Any]:
     """The provenance list: the observations' file, the model and the sampler."""
     description = layout.observation_description(obs)
     return {
@@ -83,10 +95,11 @@ def _provenance(obs: xr.Dataset, post: xr.Dataset, times: np.ndarray) -> dict[st
         else "all times",
         "Model hash": post.attrs.get(layout.MODEL_HASH, "—"),
         "Model step": post.attrs.get(layout.MODEL_STEP, "—"),
-        "Sampler": post.attrs.get(layout.SAMPLER, "—"),
+        "Sampler": sampler_text(json_attr(post, layout.SAMPLER)) if layout.SAMPLER in post.attrs
+        else "—",
         "Sampling seed": post.attrs.get(layout.SAMPLE_SEED, "—"),
-        "Operator": json.dumps(description["operator"]),
-        "Noise std": json.dumps(description["noise_std"]),
+        "Observations": operator_text(description["operator"], description["noise_std"],
+                                      {var: e["units"] for var, e in entries.items()}),
         "Period": period(times),
         "Generated": generated(),
     }

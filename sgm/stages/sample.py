@@ -28,6 +28,7 @@ from sgm.config import SampleSettings, validate
 from sgm.core.device import pick_device
 from sgm.core.observation import ObservationModel
 from sgm.core.posterior import ConditionalModel
+from sgm.core.selection import inflate, inflation_at, observation_distance
 from sgm.core.solvers import Solver
 from sgm.core.zero_shot import PriorModel
 from sgm.io import layout
@@ -120,10 +121,23 @@ def sample_stage(
     cost["seconds_per_member"] = (time.perf_counter() - start) / (len(index) * cfg.members)
 
     lat, lon = np.asarray(meta["grid"]["lat"]), np.asarray(meta["grid"]["lon"])
-    data = {
-        v: (("time", "member", "lat", "lon"), x[:, :, i], dict(meta["var_attrs"][v]))
-        for i, v in enumerate(variables)
-    }
+    dims = ("time", "member", "lat", "lon")
+    data = {v: (dims, x[:, :, i], dict(meta["var_attrs"][v])) for i, v in enumerate(variables)}
+    extra: dict[str, Any] = {}
+    if cfg.recalibrate:
+        if "recalibration" not in meta:
+            raise ValueError(f"--settings: recalibrate needs a model chosen on the validation "
+                             f"split (train.select), but {model_path} has no recalibration")
+        recal = meta["recalibration"]
+        factors = inflation_at(recal, observation_distance(y, recal["reference"], recal["scale"]))
+        inflated = inflate(torch.from_numpy(x), factors).numpy()
+        for i, v in enumerate(variables):
+            raw = dict(meta["var_attrs"][v], long_name=f"{v}, members before recalibration")
+            data[f"{v}_raw"] = (dims, x[:, :, i], raw)
+            data[v] = (dims, inflated[:, :, i], dict(meta["var_attrs"][v]))
+            extra[f"{v}_inflation"] = ("time", factors[:, i].numpy().astype(np.float32),
+                                       {"long_name": f"spread inflation of {v} (fitted on the "
+                                        "validation split)", "units": "1"})
     ds = xr.Dataset(
         data,
         coords={
@@ -132,6 +146,7 @@ def sample_stage(
             "lat": ("lat", lat, dict(meta["lat_attrs"])),
             "lon": ("lon", lon, dict(meta["lon_attrs"])),
             "obs_index": ("time", index),
+            **extra,
         },
     )
     sampler = {**cfg.model_dump(), **solver.choice(), "method": method}
@@ -146,5 +161,8 @@ def sample_stage(
         layout.VERSION: __version__,
         layout.OBSERVATION: obs_store.attrs[layout.OBSERVATION],
         layout.COST: json.dumps(cost, sort_keys=True),
+        layout.VARIABLES: json.dumps(variables),
+        layout.SELECTION: json.dumps({k: meta[k] for k in ("selection", "recalibration")
+                                      if k in meta}),
     }
     return write_store(with_cf_attributes(ds), out, attrs=attrs)

@@ -35,8 +35,12 @@ from sgm.core.conditioning import (
 from sgm.core.device import pick_device
 from sgm.core.network import count_parameters
 from sgm.core.observation import ObservationModel
+from sgm.core.posterior import ConditionalModel
 from sgm.core.precond import new_denoiser
+from sgm.core.selection import fit_inflation, observation_distance, validation_scores
+from sgm.core.solvers import Solver
 from sgm.io import layout
+from sgm.io.checkpoint import SnapshotFolder
 from sgm.io.lock import FolderLock
 from sgm.io.losslog import run_files
 from sgm.io.modelfile import write_model
@@ -140,9 +144,14 @@ def train_stage(
              count_parameters(precond), entry.train.steps, entry.train.batch_size)
 
     workdir = Path(workdir) if workdir is not None else out.parent / "train_state"
+    select = entry.train.select if entry.train.select.enabled else None
+    if select is not None and prior:
+        raise ValueError("--settings: train.select chooses among snapshots by sampling the "
+                         "validation observations, which a prior model does not have")
+    snapshots = SnapshotFolder(workdir / "snapshots") if select is not None else None
     with _lock(workdir):
         result = training.train(precond, data, make_pair, entry.train, *run_files(workdir),
-                                log=log, progress=progress)
+                                log=log, progress=progress, snapshots=snapshots)
     if result is None:  # a non-zero rank of a multi-process run: rank 0 writes the model
         return out
     weights = result.ema.state_dict()
@@ -169,7 +178,54 @@ def train_stage(
         "step": int(result.step),
         "final_loss": float(result.final_loss),
     }
+    if select is not None:
+        weights = _select(meta, weights, snapshots, select, fields, obs_store, entry, log)
     write_model(out, weights, meta)
-    log.info("wrote %s (step %d, final loss %.4f)", out, result.step, result.final_loss)
+    log.info("wrote %s (step %d, final loss %.4f)", out, meta["step"], result.final_loss)
     return out
+
+
+def _select(meta: dict[str, Any], weights: dict[str, torch.Tensor], snapshots: SnapshotFolder,
+            select: Any, fields: xr.Dataset, obs_store: xr.Dataset, entry: ModelEntry,
+            log: logging.Logger) -> dict[str, torch.Tensor]:
+    """The snapshot with the best validation score; the selection curve and the spread
+    recalibration go into ``meta`` (``sgm.core.selection``)."""
+    index = layout.split_index(obs_store, "val")[: select.max_times]
+    if index.size == 0:
+        raise ValueError("train.select: the observations have no validation times")
+    variables = meta["variables"]
+    y = torch.from_numpy(layout.stack(obs_store, variables, index))
+    truth = layout.stack(fields, variables,
+                         fields.indexes["time"].get_indexer(obs_store.time.values[index]))
+    scale = [meta["normalisation"][v]["std"] for v in variables]
+    solver = Solver.from_settings({}, select.solver.model_dump())
+    curve = []
+    device = pick_device(entry.train.device)
+    for step in snapshots.steps():
+        model = ConditionalModel.from_state(snapshots.load(step), meta, device)
+        ens = model.sample(y, index, select.members, solver, entry.train.seed).numpy()
+        scores = validation_scores(ens, truth, scale)
+        curve.append({"step": step, **scores})
+        log.info("select: step %d validation CRPS %s, spread/skill %s", step,
+                 [f"{v:.4g}" for v in scores["crps"]],
+                 [f"{v:.3g}" for v in scores["spread_skill_ratio"]])
+    best = min(curve, key=lambda r: r["score"])
+    # The distance of each observation from the training climate: domain mean of y − A(μ).
+    train = torch.from_numpy(layout.stack(fields, variables, layout.split_index(fields, "train")))
+    model = ConditionalModel.from_state(snapshots.load(best["step"]), meta, device)
+    reference = model.obs.apply(train.mean(0).to(torch.float64)).flatten(1).mean(1).tolist()
+    ens = model.sample(y, index, select.recalibration_members, solver, entry.train.seed).numpy()
+    fit = fit_inflation(ens, truth, observation_distance(y, reference, scale).numpy())
+    meta["selection"] = {"criterion": "validation fair CRPS / std, mean over variables",
+                         "members": select.members, "n_times": int(index.size),
+                         "solver": solver.choice(), "curve": curve, "chosen_step": best["step"]}
+    meta["recalibration"] = {
+        "method": "k_t^2 = a + b |d_t|, d_t the observation's distance from the training climate",
+        "fitted_on": "val", "a": fit["a"], "b": fit["b"], "reference": reference,
+        "scale": scale, "spread_skill_ratio": best["spread_skill_ratio"],
+    }
+    meta["step"] = int(best["step"])
+    log.info("select: chose step %d; spread inflation k² = %s + %s |d|", best["step"], fit["a"],
+             fit["b"])
+    return snapshots.load(best["step"])
 

@@ -124,7 +124,7 @@ def posterior_shards(wildcards):
 
 def all_reports():
     return expand(
-        f"{RESULTS}/{{spec}}/{{model}}/report/index.html",
+        f"{RESULTS}/{{spec}}/{{model}}/report",
         spec=config["specs"],
         model=list(config["models"]),
     )

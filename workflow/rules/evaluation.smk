@@ -27,7 +27,8 @@ rule report:
         tuning=tuning_file,
     output:
         html=report(
-            f"{RESULTS}/{{spec}}/{{model}}/report/index.html",
+            directory(f"{RESULTS}/{{spec}}/{{model}}/report"),
+            htmlindex="index.html",
             caption="../report/report.rst",
             category="Posterior ensembles",
             subcategory="{spec} / {model}",
@@ -47,5 +48,5 @@ rule report:
         ),
     shell:
         "sgm report --fields {input.fields:q} --obs {input.obs:q} --posterior {input.posterior:q}"
-        " --metrics {input.metrics:q} --loss {input.loss:q} --out {output.html:q}"
+        " --metrics {input.metrics:q} --loss {input.loss:q} --out {output.html:q}/index.html"
         " --n-maps {params.n_maps} {params.threshold} {params.tuning} > {log:q} 2>&1"

@@ -80,7 +80,8 @@ rule report_external:
         posterior=f"{RESULTS}/{{spec}}/{{model}}/external/{{name}}/posterior.zarr",
     output:
         html=report(
-            f"{RESULTS}/{{spec}}/{{model}}/external/{{name}}/report/index.html",
+            directory(f"{RESULTS}/{{spec}}/{{model}}/external/{{name}}/report"),
+            htmlindex="index.html",
             caption="../report/external.rst",
             category="External observations",
             subcategory="{spec} / {model} / {name}",
@@ -96,4 +97,5 @@ rule report_external:
         threshold=rules.report.params.threshold,
     shell:
         "sgm report-external --obs {input.obs:q} --posterior {input.posterior:q}"
-        " --out {output.html:q} --n-maps {params.n_maps} {params.threshold} > {log:q} 2>&1"
+        " --out {output.html:q}/index.html --n-maps {params.n_maps} {params.threshold}"
+        " > {log:q} 2>&1"

@@ -61,7 +61,7 @@ def all_external_reports():
     """The report of every configured external entry for every model, for the specs being run
     (an entry for a spec that is not in `specs:` is skipped, e.g. with another --configfile)."""
     return [
-        f"{RESULTS}/{spec}/{model}/external/{name}/report/index.html"
+        f"{RESULTS}/{spec}/{model}/external/{name}/report"
         for spec, name in EXTERNAL
         if spec in config["specs"]
         for model in config["models"]

@@ -124,7 +124,8 @@ rule report_inversion:
         tuning=inversion_tuning,
     output:
         html=report(
-            f"{RESULTS}/{{spec}}/{{model}}/inversions/{{name}}/report/index.html",
+            directory(f"{RESULTS}/{{spec}}/{{model}}/inversions/{{name}}/report"),
+            htmlindex="index.html",
             caption="../report/inversion.rst",
             category="Zero-shot inversions",
             subcategory="{spec} / {model} / {name}",
@@ -138,5 +139,5 @@ rule report_inversion:
         tuning=inversion_tuning_option,
     shell:
         "sgm report --fields {input.fields:q} --obs {input.obs:q} --posterior {input.posterior:q}"
-        " --metrics {input.metrics:q} --loss {input.loss:q} --out {output.html:q}"
+        " --metrics {input.metrics:q} --loss {input.loss:q} --out {output.html:q}/index.html"
         " --n-maps {params.n_maps} {params.threshold} {params.tuning} > {log:q} 2>&1"

@@ -45,7 +45,7 @@ def inversion_shards(wildcards):
 def all_inversion_reports():
     """The report of every inversion of the specs being run."""
     return [
-        f"{RESULTS}/{spec}/{inv['prior']}/inversions/{name}/report/index.html"
+        f"{RESULTS}/{spec}/{inv['prior']}/inversions/{name}/report"
         for (spec, name), inv in INVERSIONS.items()
         if spec in config["specs"]
     ]
