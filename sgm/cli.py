@@ -104,6 +104,14 @@ def _tune_sampler(a: argparse.Namespace) -> None:
     tune_sampler(a.model, a.fields, a.obs, a.out, a.settings, progress=not a.no_progress)
 
 
+def _distill(a: argparse.Namespace) -> None:
+    from sgm.stages.distill import distill_stage
+
+    _set_threads(a.threads)
+    distill_stage(a.model, a.fields, a.obs, a.out, a.settings, workdir=a.workdir,
+                  progress=not a.no_progress)
+
+
 def _export(a: argparse.Namespace) -> None:
     from sgm.stages.export import export
 
@@ -234,6 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     _required(sp, "model", "fields", "obs", "out")
     sp.add_argument("--settings", type=_json, default={},
                     help="JSON: sampler settings with a tune section")
+    sp.add_argument("--threads", type=_count, default=None, help="torch threads (default: all)")
+    sp.add_argument("--no-progress", action="store_true")
+
+    sp = add("distill", _distill,
+             "conditional model.pt → onestep.pt: a one-step posterior sampler (score-of-mixture "
+             "distillation; one network call per member)")
+    _required(sp, "model", "fields", "obs", "out")
+    sp.add_argument("--settings", type=_json, default={}, help="JSON distillation settings")
+    sp.add_argument("--workdir", default=None,
+                    help="checkpoints, distill_loss.csv (default: beside out)")
     sp.add_argument("--threads", type=_count, default=None, help="torch threads (default: all)")
     sp.add_argument("--no-progress", action="store_true")
 

@@ -211,6 +211,29 @@ def test_conjugate_gradient_is_per_member() -> None:
     assert float((two[:2] - u[:2]).abs().max()) > 1e-3
 
 
+def test_conjugate_gradients_stop_where_the_jacobian_is_not_positive() -> None:
+    """M = Sigma_y + V with V >= 0 (an exact Tweedie covariance): the floor Sigma_y changes
+    nothing. With V indefinite (a trained network's Jacobian can be), plain CG divides by a
+    curvature near zero or negative and returns a huge u; with the floor the member stops
+    where p^T M p < p^T Sigma_y p / 2, so its u stays bounded, while the other member, whose
+    V is positive, is solved as before."""
+    eye = torch.eye(2, dtype=torch.float64)
+    good = eye + torch.diag(torch.tensor([0.5, 2.0], dtype=torch.float64))
+    bad = eye + torch.diag(torch.tensor([0.0, -0.98], dtype=torch.float64))  # p^T M p ~ 0
+    mats = torch.stack([good, bad])
+    b = torch.tensor([[1.0, 1.0], [0.3, 1.0]], dtype=torch.float64)
+
+    def op(v: Tensor) -> Tensor:
+        return (mats @ v[..., None])[..., 0]
+
+    plain = conjugate_gradient(op, b, 2)
+    floored = conjugate_gradient(op, b, 2, floor=lambda v: v)  # Sigma_y = I
+    torch.testing.assert_close(floored[0], torch.linalg.solve(good, b[0]), rtol=0, atol=1e-12)
+    torch.testing.assert_close(floored[0], plain[0], rtol=0, atol=0)
+    assert float(plain[1].abs().max()) > 10.0  # blown up by the near-zero curvature
+    assert float(floored[1].abs().max()) <= 2.0 * float(b[1].abs().max())
+
+
 # A saturating sensor y = s tanh(A x / s) at 4 pixels of an 8x8 GRF (also used below).
 GRID_NL = (8, 8)
 POINTS = [(1, 1), (2, 5), (5, 2), (6, 6)]

@@ -26,6 +26,7 @@ from sgm.config.spec import (
     with_operator,
 )
 from sgm.config.workflow import (
+    DistillSettings,
     ModelEntry,
     ModelSettings,
     SampleSettings,
@@ -40,6 +41,7 @@ from sgm.config.workflow import (
 __all__ = [
     "DataSpec",
     "DateRange",
+    "DistillSettings",
     "FieldRef",
     "GaussianFieldSource",
     "ModelEntry",

@@ -133,6 +133,15 @@ class TrainSettings(StrictModel):
         "with select.enabled, the snapshot that scores best on the validation split is the "
         "model."
     )
+    patch: list[int] = Field(
+        [], description="Train on random patches [h, w] of the fields (grids larger than one "
+        "network call; at least the correlation length of the residual, multiples of a "
+        "coarsening factor); empty: whole fields."
+    )
+    position: Literal["grid", "sphere", "none"] = Field(
+        "grid", description="Position channels of a patch-trained model: grid (normalised row "
+        "and column) or sphere (the unit vector of latitude and longitude)."
+    )
     wasserstein: WassersteinSettings = Field(
         default_factory=WassersteinSettings,
         description="A distribution regulariser for extremes (off by default).",
@@ -147,7 +156,7 @@ class SampleSettings(StrictModel):
     """Sampler settings: the solver, its discretisation and the ensemble."""
 
     members: int = Field(16, ge=2)
-    method: Literal["auto", "conditional", "mmps", "dps", "tmpd"] = Field(
+    method: Literal["auto", "conditional", "onestep", "mmps", "dps", "tmpd"] = Field(
         "auto", description="conditional (a conditional model's p(x | y)), or a zero-shot "
         "method for a prior model and any observation model: mmps (moment matching, Rozet et "
         "al. 2024), dps (Chung et al. 2023), tmpd (Boys et al. 2023). auto: conditional for "
@@ -177,6 +186,13 @@ class SampleSettings(StrictModel):
         "level (> sigma_max) to remove the start's mean bias (one more NFE); rarely needed "
         "with the residual target, whose posterior mean is near 0."
     )
+    tile: list[int] = Field(
+        [], description="Denoise on overlapping tiles [h, w] blended into one field (grids "
+        "larger than memory); empty: the whole field in one call."
+    )
+    tile_overlap: int = Field(16, ge=0, description="Overlap of neighbouring tiles (pixels).")
+    tile_periodic: bool = Field(False, description="Tiles wrap around the grid (periodic "
+                                "domains).")
     sigma_min: float = Field(0.002, gt=0)
     sigma_max: float = Field(80.0, gt=0)
     rho: float = Field(7.0, gt=0)
@@ -271,11 +287,54 @@ class Resources(StrictModel):
     sample: SampleJobResources = SampleJobResources()
 
 
+class DistillSettings(StrictModel):
+    """Score-of-Mixture Distillation of a conditional model into a one-step sampler
+    (sgm.core.distill, sgm.core.distillation; the stage sgm distill)."""
+
+    enabled: bool = Field(False, description="Distil the trained conditional model into a "
+                          "one-step sampler (sgm distill → onestep.pt) and draw this model's "
+                          "posterior with it: one network call per member (sample method "
+                          "onestep) instead of the solver's steps.")
+    steps: int = Field(1000, ge=1, description="Mixture-score updates (the generator is "
+                       "updated every generator_every of them).")
+    batch_size: int = Field(32, ge=1)
+    lr_generator: float = Field(3e-4, gt=0)
+    lr_score: float = Field(3e-3, gt=0, description="Learning rate of the mixture denoiser.")
+    lr_warmup_steps: int = Field(100, ge=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay of both networks.")
+    grad_clip: float = Field(10.0, ge=0)
+    ema_beta: float = Field(0.99, gt=0, lt=1, description="EMA of the generator's weights.")
+    ema_warmup: bool = True
+    generator_every: int = Field(5, ge=1, description="Mixture-score updates per generator "
+                                 "update (the reference code's dfake_gen_update_ratio).")
+    sigma_g: float = Field(2.5, gt=0, description="The generator's fixed noise level: "
+                           "x = D(sigma_g z; sigma_g, y).")
+    alpha_min: float = Field(0.5, gt=0, le=1, description="Smallest alpha of the generator "
+                             "updates (1: reverse KL as DMD; smaller: more mode covering).")
+    alpha_zero_prob: float = Field(0.25, ge=0, le=1, description="Probability of alpha = 0 "
+                                   "(the fake score) in the mixture-score updates.")
+    alpha_levels: int = Field(1001, ge=2, description="alpha takes the values k/(levels - 1).")
+    sigma_min: float = Field(0.02, gt=0, description="Noise levels of both losses: the rho ramp "
+                             "from sigma_max down to sigma_min.")
+    sigma_max: float = Field(5.0, gt=0)
+    rho: float = Field(7.0, gt=0)
+    generator_sigma_trim: float = Field(0.02, ge=0, lt=0.5, description="The generator's noise "
+                                        "levels skip this fraction at both ends of the ramp.")
+    checkpoint_every: int = Field(250, ge=1)
+    log_every: int = Field(25, ge=1)
+    seed: int = 0
+    device: str = "auto"
+
+
 class ModelEntry(StrictModel):
     """A named model in the config: network size plus training settings."""
 
     model: ModelSettings = ModelSettings()
     train: TrainSettings = TrainSettings()
+    distill: DistillSettings = Field(
+        default_factory=DistillSettings,
+        description="One-step sampling by distillation (off by default; enabled: true).",
+    )
 
 
 class ReportSettings(StrictModel):

@@ -46,6 +46,9 @@ from sgm.core.gaussian_baseline import AnomalyCovariance, GaussianPrior, check_o
 from sgm.core.observation import ObservationModel
 from sgm.core.quantile_mapping import QuantileMapping
 
+GAUSSIAN_BASELINE_OBS = 8192
+"""The Gaussian posterior baseline forms the n_obs x n_obs innovation covariance; beyond this
+many observations per variable (e.g. blur on a large grid) it is left out."""
 SHRINKAGE_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
@@ -144,7 +147,8 @@ def statistical_baselines(
       precipitation): the pooled empirical map from b(y) of simulated training observations to
       the training fields (``sgm.core.quantile_mapping``; bounded below by 0 for the variables
       flagged ``nonnegative``);
-    - for a linear operator and a validation split: the Gaussian posterior ensemble, its prior
+    - for a linear operator, a validation split and at most ``GAUSSIAN_BASELINE_OBS``
+      observations per variable: the Gaussian posterior ensemble, its prior
       fitted on ``train``[N, C, H, W] with the shrinkage chosen on (val_truth, val_y), and
       ``members`` draws per time seeded by ``seed`` and ``time_index``.
 
@@ -168,7 +172,8 @@ def statistical_baselines(
             out[obs_model.baseline_name]["values"][:, c].numpy()))
         for c in range(train.shape[1])], dim=1)
     out["quantile mapping"] = {"kind": "deterministic", "values": mapped}
-    if obs_model.linear and val_truth is not None and val_y is not None and len(val_y):
+    if obs_model.linear and val_truth is not None and val_y is not None and len(val_y) \
+            and math.prod(obs_model.obs_shape) <= GAUSSIAN_BASELINE_OBS:
         chosen = select_shrinkage(train, val_truth, val_y, obs_model)
         post = chosen.prior.posterior(obs_model, y)
         out["Gaussian posterior"] = {

@@ -91,7 +91,12 @@ def safe_ratio(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), 0.0)
 
 
-def conjugate_gradient(op: Callable[[Tensor], Tensor], b: Tensor, iterations: int) -> Tensor:
+CURVATURE_FLOOR = 0.5
+"""CG with a floor F stops a member where p^T M p < CURVATURE_FLOOR * p^T F p."""
+
+
+def conjugate_gradient(op: Callable[[Tensor], Tensor], b: Tensor, iterations: int,
+                       floor: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """Per-member conjugate gradients for M_b u_b = b_b, M_b symmetric positive definite.
 
     Hestenes & Stiefel (1952), from u_0 = 0: r_0 = p_0 = b and, for k = 0, 1, ...,
@@ -103,10 +108,18 @@ def conjugate_gradient(op: Callable[[Tensor], Tensor], b: Tensor, iterations: in
     with every inner product taken per member. In exact arithmetic u_k is exact once k
     reaches the number of distinct eigenvalues of M_b.
 
+    ``floor``: a known lower bound M ⪰ F (a product w -> F w). A member whose search
+    direction has p^T M p < p^T F p / 2 has met a direction where M is far from what it
+    should be (for MMPS, M = Sigma_y + A' V A'^T with V a trained network's Jacobian, which
+    need not be positive semi-definite); its iterations stop there, keeping u_k (truncated
+    CG, Steihaug 1983), instead of dividing by a curvature near zero or negative and blowing
+    up. Every step taken is thus at most twice the step of M = F.
+
     Args:
         op: u[B, ...] -> M u [B, ...], acting on each member separately.
         b: Tensor[B, ...], the right-hand sides.
         iterations: number of products with ``op`` (0 returns u = 0).
+        floor: optional w[B, ...] -> F w [B, ...].
 
     Returns:
         u_k: Tensor[B, ...] like b.
@@ -115,9 +128,13 @@ def conjugate_gradient(op: Callable[[Tensor], Tensor], b: Tensor, iterations: in
     r = b
     p = b
     rr = per_sample_dot(r, r)
+    active = torch.ones(b.shape[0], dtype=torch.bool, device=b.device)
     for _ in range(iterations):
         q = op(p)
-        alpha = broadcast_per_sample(safe_ratio(rr, per_sample_dot(p, q)), b)
+        curvature = per_sample_dot(p, q)
+        if floor is not None:
+            active = active & (curvature >= CURVATURE_FLOOR * per_sample_dot(p, floor(p)))
+        alpha = broadcast_per_sample(torch.where(active, safe_ratio(rr, curvature), 0.0), b)
         u = u + alpha * p
         r = r - alpha * q
         rr_next = per_sample_dot(r, r)
@@ -278,6 +295,7 @@ class MMPS(GuidedDenoiser):
             return var_y * w + lin.jvp(s2 * self._vjp(d, x, lin.vjp(w)))
 
         residual = (y - lin.value).expand_as(lin.value)
-        u = conjugate_gradient(cov_y, residual, self.cg_iterations)
+        u = conjugate_gradient(cov_y, residual, self.cg_iterations,
+                               floor=lambda w: var_y * w)  # M ⪰ Sigma_y when V ⪰ 0
         return d + s2 * self._vjp(d, x, lin.vjp(u), keep=False)
 

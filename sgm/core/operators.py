@@ -41,6 +41,11 @@ class ObservationOperator(ABC):
     obs_dims: ClassVar[tuple[str, ...]]
     linear: ClassVar[bool] = True
 
+    @property
+    def grid_multiple(self) -> int:
+        """Tiles and patches start at multiples of this (whole coarse cells)."""
+        return 1
+
     def __init__(self, grid: tuple[int, int]) -> None:
         self.grid = _check_grid(grid)
 
@@ -131,6 +136,10 @@ class Coarsen(ObservationOperator):
     @property
     def obs_shape(self) -> tuple[int, ...]:
         return (self.grid[0] // self.factor, self.grid[1] // self.factor)
+
+    @property
+    def grid_multiple(self) -> int:
+        return self.factor
 
     def apply(self, x: Tensor) -> Tensor:
         self._check_field(x)

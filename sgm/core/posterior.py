@@ -24,6 +24,7 @@ from sgm.core.observation import ObservationModel
 from sgm.core.precond import EDMPrecond, new_denoiser
 from sgm.core.sampler import Denoiser, fixed_batch, member_seed
 from sgm.core.solvers import Solver
+from sgm.core.tiling import Tiling
 
 DenoiserFor = Callable[[Tensor], Denoiser]
 """``denoiser_for(rows)``: the denoiser of a batch whose members belong to the times ``rows``
@@ -99,12 +100,15 @@ class ConditionalModel:
         seed: int = 0,
         batch_size: int = 64,
         progress: bool = False,
+        tiling: Tiling | None = None,
     ) -> Tensor:
         """Posterior members in physical units.
 
         Args:
             y: observations Tensor[T, C, *obs_shape] in physical units.
             time_index: [T] each time's index in its obs store (part of every member's seed).
+            tiling: denoise on overlapping tiles (``sgm.core.tiling``), aligned to the
+                observation's coarse cells; None: the whole field in one call.
 
         Returns:
             Tensor[T, M, C, H, W] (float32, CPU).
@@ -115,9 +119,14 @@ class ConditionalModel:
             raise ValueError("the observations are not all finite")
         cond = conditioning(self.obs, y_std, self.static)
         network = fixed_batch(self.precond)
+        if tiling is not None:  # tiles that do not fit fail before any work
+            tiling.layout(self.grid, self.obs.operator.grid_multiple)
 
         def denoiser_for(rows: Tensor) -> Denoiser:
             cond_b = cond[rows].to(device)
+            if tiling is not None:
+                return tiling.denoiser(network, self.grid, cond_b,
+                                       self.obs.operator.grid_multiple)
             return lambda x, sigma: network(x, sigma, cond_b)
 
         shape = (len(self.variables), *self.grid)

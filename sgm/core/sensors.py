@@ -59,6 +59,10 @@ class Saturating(ObservationOperator):
     def obs_shape(self) -> tuple[int, ...]:
         return self.inner.obs_shape
 
+    @property
+    def grid_multiple(self) -> int:
+        return self.inner.grid_multiple
+
     def apply(self, x: Tensor) -> Tensor:
         c, s = self.center, self.scale
         return c + s * torch.tanh((self.inner.apply(x) - c) / s)

@@ -37,8 +37,9 @@ patches of fields and conditioning alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,6 +149,14 @@ class TileLayout:
         (h, w), (nh, nw) = self.tile, self.grid
         return [((torch.arange(h) + r) % nh, (torch.arange(w) + c) % nw)
                 for r in self.rows for c in self.cols]
+
+    def shared_pixels(self) -> Tensor:
+        """Bool Tensor[H, W]: the pixels in more than one tile (where tiles are blended, and
+        where a seam would show)."""
+        count = torch.zeros(self.grid, dtype=torch.int64)
+        for rows, cols in self.indices():
+            count[rows[:, None], cols[None, :]] += 1
+        return count > 1
 
     def weights(self) -> Tensor:
         """Blending weights a_t (x) b_t of every tile, Tensor[T, h, w] (float64), summing to 1
@@ -297,3 +306,56 @@ def random_patches(
 
     cond_patch = fields.new_zeros(batch, 0, h, w) if cond is None else cut(cond)
     return cut(fields), cond_patch, corners
+
+
+def patch_pairs(make_pair: Any, size: tuple[int, int], align: int = 1,
+                periodic: bool = False) -> Any:
+    """Patch training: ``make_pair(batch, generator) -> (target, cond)`` made on full fields
+    (conditioning that includes the position channels, see :func:`grid_coordinates`), then one
+    random patch per sample of both (:func:`random_patches`, corners from the same
+    generator, drawn after the pair's own draws)."""
+
+    def pair(batch: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        target, cond = make_pair(batch, generator)
+        patch, cond_patch, _ = random_patches(target, cond, size, generator, align, periodic)
+        return patch, cond_patch
+
+    return pair
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How to denoise a field on tiles: tile size (h, w), overlap (pixels), periodic or not,
+    and the most tiles per network call (``batch``)."""
+
+    tile: tuple[int, int]
+    overlap: int = 16
+    periodic: bool = False
+    batch: int = 16
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any]) -> Tiling | None:
+        """From the sampler settings ``tile`` ([h, w]; empty: None), ``tile_overlap`` and
+        ``tile_periodic``."""
+        tile = list(settings.get("tile") or [])
+        if not tile:
+            return None
+        if len(tile) != 2 or min(tile) < 1:
+            raise ValueError(f"--settings: tile must be [h, w] of positive sizes, got {tile}")
+        return cls((int(tile[0]), int(tile[1])), int(settings.get("tile_overlap", 16)),
+                   bool(settings.get("tile_periodic", False)))
+
+    def denoiser(self, network: TileDenoiser, grid: tuple[int, int], cond: Tensor | None,
+                 align: int = 1) -> Callable[[Tensor, Tensor], Tensor]:
+        """The whole-field denoiser of ``network`` on this tiling of ``grid``."""
+        return TiledDenoiser(network, self.layout(grid, align), cond, self.batch)
+
+    def layout(self, grid: tuple[int, int], align: int = 1) -> TileLayout:
+        """The tiles of ``grid`` (starts at multiples of ``align``); a ValueError names the
+        tile settings when they do not fit."""
+        try:
+            return TileLayout(grid, tuple(self.tile), (self.overlap, self.overlap),
+                              self.periodic, align)
+        except ValueError as err:
+            raise ValueError(f"--settings: tile {list(self.tile)}, tile_overlap {self.overlap} "
+                             f"on the grid {list(grid)}: {err}") from None

@@ -27,6 +27,7 @@ checkpoints, loss rows and the progress bar.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
@@ -46,8 +47,8 @@ from sgm.core.loss import EDMLoss
 from sgm.core.precond import EDMPrecond
 from sgm.core.wasserstein import WassersteinEDMLoss
 
-__all__ = ["CheckpointStore", "LossLog", "LossRow", "SnapshotStore", "TrainResult",
-           "TrainSettings", "train"]
+__all__ = ["CheckpointStore", "LossLog", "LossRow", "MemoryCheckpoints", "MemoryLog",
+           "SnapshotStore", "TrainResult", "TrainSettings", "train"]
 
 MakePair = Callable[[Tensor, torch.Generator], tuple[Tensor, Tensor | None]]
 
@@ -129,6 +130,36 @@ class LossLog(Protocol):
 
     def append(self, row: LossRow) -> None:
         """Add one row."""
+
+
+class MemoryCheckpoints:
+    """A :class:`CheckpointStore` in memory (the latest state only): for runs that continue
+    chunk by chunk in one process, and for tests."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, Any] | None = None
+
+    def latest(self) -> dict[str, Any] | None:
+        return copy.deepcopy(self.state)
+
+    def save(self, state: dict[str, Any], step: int) -> None:
+        self.state = copy.deepcopy(state)
+
+
+class MemoryLog:
+    """A :class:`LossLog` in memory (any row type); ``echo(row)`` is called on every row."""
+
+    def __init__(self, echo: Callable[[Any], None] | None = None) -> None:
+        self.rows: list[Any] = []
+        self.echo = echo
+
+    def restart(self, step: int) -> None:
+        self.rows = [r for r in self.rows if r.step <= step]
+
+    def append(self, row: Any) -> None:
+        self.rows.append(row)
+        if self.echo is not None:
+            self.echo(row)
 
 
 @dataclass

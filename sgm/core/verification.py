@@ -12,11 +12,17 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from sgm.core import metrics
 from sgm.core.gaussian import GaussianRandomField, exact_posterior
+from sgm.core.large_oracle import MatrixFreePosterior
+from sgm.core.observation import ObservationModel
 
 COVERAGE_LEVELS = (0.5, 0.9)
+DENSE_ORACLE_PIXELS = 4096
+"""Grids up to this many pixels get the dense exact posterior; larger ones the matrix-free one
+on a sample of pixels (:func:`score_oracle_matrix_free`)."""
 # Scores with pairwise member terms need ~M² × chunk × N floats; keep that below this.
 _PAIRWISE_BUDGET = 2**24
 
@@ -103,6 +109,43 @@ def score_oracle(
     mean, cov = exact_posterior(prior, a_matrix, noise_std, y.reshape(t, -1))
     std = np.sqrt(np.clip(np.diag(cov), 0.0, None))
     return metrics.oracle_metrics(ens.reshape(m, t, -1), mean, std, truth.reshape(t, -1))
+
+
+def score_oracle_matrix_free(
+    prior: GaussianRandomField,
+    obs: ObservationModel,
+    ens: np.ndarray,
+    truth: np.ndarray,
+    y: np.ndarray,
+    pixels: dict[str, list[tuple[int, int]]],
+) -> dict[str, list[dict[str, Any]]]:
+    """Ensemble vs the exact Gaussian posterior on grids too large for dense matrices.
+
+    ens[M, T, C, H, W], truth[T, C, H, W], y[T, C, *obs]; ``pixels``: named sets of (row,
+    column) pixels. The exact posterior mean (one CG solve per time) and the exact marginal
+    standard deviations at the pixels (one solve per pixel) come from
+    :class:`~sgm.core.large_oracle.MatrixFreePosterior`; ``metrics.oracle_metrics`` is then
+    taken on each set's pixels. Returns name -> per variable the metrics, with "pixels" (the
+    set's size).
+    """
+    post = MatrixFreePosterior(prior, obs)
+    mean = post.mean(torch.as_tensor(y, dtype=torch.float64)).numpy()  # [T, C, H, W]
+    union = sorted({p for ps in pixels.values() for p in ps})
+    std = post.marginal_std(union).numpy()  # [P, C]
+    where = {p: k for k, p in enumerate(union)}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name, ps in pixels.items():
+        if not ps:
+            continue
+        rows, cols = np.array([p[0] for p in ps]), np.array([p[1] for p in ps])
+        k = np.array([where[p] for p in ps])
+        out[name] = [
+            {**metrics.oracle_metrics(ens[:, :, c, rows, cols], mean[:, c, rows, cols],
+                                      std[k, c], truth[:, c, rows, cols]),
+             "pixels": len(ps)}
+            for c in range(ens.shape[2])
+        ]
+    return out
 
 
 def spectra(ens: np.ndarray, truth: np.ndarray) -> dict[str, list[float] | str]:

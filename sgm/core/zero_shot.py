@@ -28,6 +28,7 @@ from sgm.core.posterior import draw_members
 from sgm.core.precond import EDMPrecond, new_denoiser
 from sgm.core.sampler import Denoiser, fixed_batch
 from sgm.core.solvers import Solver
+from sgm.core.tiling import Tiling
 
 METHODS = ("mmps", "dps", "tmpd")
 
@@ -86,9 +87,11 @@ class PriorModel:
         cg_iterations: int = 8,
         dps_step: float = 0.3,
         progress: bool = False,
+        tiling: Tiling | None = None,
     ) -> Tensor:
         """Posterior members Tensor[T, M, C, H, W] (physical units, float32, CPU) of the
-        observations y[T, C, *obs] (physical units) made by ``obs``."""
+        observations y[T, C, *obs] (physical units) made by ``obs``; with ``tiling`` the
+        prior denoiser runs on overlapping tiles and the guidance on the whole field."""
         device = next(self.precond.parameters()).device
         y = y.to(torch.float64)
         if not torch.isfinite(y).all():
@@ -96,9 +99,14 @@ class PriorModel:
         forward = self.forward_map(obs)
         eta = obs.noise_std().reshape(-1, *([1] * len(obs.obs_shape))).to(device)
         network = fixed_batch(self.precond)
+        if tiling is not None:  # tiles that do not fit fail before any work
+            tiling.layout(self.grid)
         static = self.static if self.static is not None and self.static.numel() else None
 
         def prior(x: Tensor, sigma: Tensor) -> Tensor:
+            if tiling is not None:
+                cond = None if static is None else static.to(x)[None]
+                return tiling.denoiser(network, self.grid, cond)(x, sigma)
             if static is None:
                 return network(x, sigma)
             return network(x, sigma, static.to(x).expand(x.shape[0], -1, -1, -1))

@@ -7,22 +7,32 @@ writer leaves at most one partial last line, which the next restart drops.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from sgm.core.training import LossRow
 from sgm.io.atomic import atomic_write_text
 from sgm.io.checkpoint import CheckpointFolder
 
 LOSS_HEADER = "step,loss,sigma_median,lr,wall_s"
 
 
-class LossCSV:
-    """Rows ``step,loss,sigma_median,lr,wall_s`` in a CSV file."""
+def _cell(name: str, value: float | int) -> str:
+    if isinstance(value, int):
+        return str(value)
+    return f"{value:.3f}" if name == "wall_s" else f"{value:.9g}"
 
-    def __init__(self, path: str | Path) -> None:
+
+class LossCSV:
+    """Rows of a dataclass (``LossRow``: ``step,loss,sigma_median,lr,wall_s``) in a CSV file
+    whose first line is ``header``, the dataclass's field names."""
+
+    def __init__(self, path: str | Path, header: str = LOSS_HEADER) -> None:
         self.path = Path(path)
+        self.header = header
+        self.columns = header.split(",")
 
     def restart(self, step: int) -> None:
         """Keep the header and the complete rows with step ≤ ``step`` (atomic rewrite)."""
@@ -30,15 +40,17 @@ class LossCSV:
         if self.path.exists():
             for line in self.path.read_text().splitlines(keepends=True)[1:]:
                 fields = line.rstrip("\n").split(",")
-                if line.endswith("\n") and len(fields) == 5 and fields[0].isdigit():
-                    if int(fields[0]) <= step:
-                        rows.append(line)
-        atomic_write_text(self.path, LOSS_HEADER + "\n" + "".join(rows))
+                if line.endswith("\n") and len(fields) == len(self.columns) and \
+                        fields[0].isdigit() and int(fields[0]) <= step:
+                    rows.append(line)
+        atomic_write_text(self.path, self.header + "\n" + "".join(rows))
 
-    def append(self, row: LossRow) -> None:
+    def append(self, row: Any) -> None:
+        values = dataclasses.asdict(row)
+        if list(values) != self.columns:
+            raise ValueError(f"{self.path}: a row of {list(values)} in a log of {self.columns}")
         with self.path.open("a") as f:
-            f.write(f"{row.step},{row.loss:.9g},{row.sigma_median:.9g},{row.lr:.9g},"
-                    f"{row.wall_s:.3f}\n")
+            f.write(",".join(_cell(k, v) for k, v in values.items()) + "\n")
 
 
 def run_files(workdir: str | Path) -> tuple[CheckpointFolder, LossCSV]:

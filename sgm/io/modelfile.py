@@ -23,6 +23,7 @@ from torch import Tensor
 from sgm.io.checkpoint import DIGEST_KEY, CorruptFileError, load_model_file, save_model
 
 FORMAT = "sgm-model-3"
+ONESTEP_FORMAT = "sgm-onestep-1"  # onestep.pt of sgm distill: a generator, not a denoiser
 
 
 def write_model(path: str | Path, weights: dict[str, Tensor], meta: dict[str, Any]) -> None:
@@ -43,8 +44,27 @@ class ModelFile:
 def read_model(path: str | Path) -> ModelFile:
     """Read and verify ``model.pt`` (see :func:`sgm.io.checkpoint.load_model_file`)."""
     state = load_model_file(Path(path))
+    if state.get("format") == ONESTEP_FORMAT:
+        raise CorruptFileError(f"{path}: a one-step model (sgm distill), not a denoiser; sample "
+                               "it with method: onestep")
     if state.get("format") != FORMAT:
         what = "a training checkpoint" if "optimizer" in state else (
             f"format {state.get('format')!r}")
         raise CorruptFileError(f"{path}: not an sgm model file ({what}; expected {FORMAT!r})")
     return ModelFile(state["ema"], state["meta"], state[DIGEST_KEY][:16])
+
+
+def write_onestep(path: str | Path, weights: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    """Write ``onestep.pt`` atomically: the generator's (EMA) weights and the metadata."""
+    state = {k: v.detach().cpu() for k, v in weights.items()}
+    save_model(Path(path), {"format": ONESTEP_FORMAT, "generator": state, "meta": meta})
+
+
+def read_onestep(path: str | Path) -> ModelFile:
+    """Read and verify ``onestep.pt``; a ``model.pt`` or anything else is refused by name."""
+    state = load_model_file(Path(path))
+    if state.get("format") != ONESTEP_FORMAT:
+        raise CorruptFileError(f"{path}: not a one-step model file (format "
+                               f"{state.get('format')!r}; expected {ONESTEP_FORMAT!r}, written "
+                               "by sgm distill)")
+    return ModelFile(state["generator"], state["meta"], state[DIGEST_KEY][:16])

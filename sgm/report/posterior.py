@@ -194,8 +194,16 @@ def write_posterior_report(
             page.add_html(
                 "<h3>Gaussian oracle: ensemble vs exact posterior</h3>" + _oracle_table(e["oracle"])
             )
+            if "pixels" in e["oracle"]:
+                page.add_html(f"<p>The grid is too large for dense matrices: exact marginals "
+                              f"at {e['oracle']['pixels']} random pixels (matrix-free: FFT and "
+                              "conjugate gradients).</p>")
             if "oracle_raw" in e:
                 page.add_html("<p>Before recalibration:</p>" + _oracle_table(e["oracle_raw"]))
+            if "oracle_tile_overlaps" in e:
+                page.add_html("<p>At pixels shared by tiles (where a seam would show), "
+                              f"{e['oracle_tile_overlaps']['pixels']} of them:</p>"
+                              + _oracle_table(e["oracle_tile_overlaps"]))
 
     if domain_means:
         page.add_html("<h2>Domain mean over the test period</h2>")

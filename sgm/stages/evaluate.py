@@ -27,11 +27,14 @@ from sgm.core.gaussian import GaussianRandomField
 from sgm.core.heavy_tailed import CensoredPowerField
 from sgm.core.observation import ObservationModel
 from sgm.core.tail_scores import marginal_scores, tail_scores
+from sgm.core.tiling import Tiling
 from sgm.core.verification import (
     COVERAGE_LEVELS,
+    DENSE_ORACLE_PIXELS,
     score_deterministic,
     score_ensemble,
     score_oracle,
+    score_oracle_matrix_free,
     spectra,
 )
 from sgm.io import layout
@@ -57,6 +60,49 @@ def _members(post: xr.Dataset, names: list[str], times: xr.DataArray) -> np.ndar
 def _positions(ds: xr.Dataset, times: xr.DataArray) -> np.ndarray:
     """Indices of ``times`` along the time axis of ``ds``."""
     return ds.indexes["time"].get_indexer(times.values)
+
+
+ORACLE_PIXELS = 512  # pixels of a large grid at which the exact marginals are computed
+
+
+def _oracle_pixels(grid: tuple[int, int], sampler: dict[str, Any], align: int,
+                   rng: np.random.Generator) -> dict[str, list[tuple[int, int]]]:
+    """Pixels of a large oracle grid: a random sample of all of them and, for a tiled
+    ensemble, of those shared by tiles (the overlaps, where a seam would show)."""
+    def pick(mask: np.ndarray) -> list[tuple[int, int]]:
+        flat = np.flatnonzero(mask)
+        chosen = np.sort(rng.choice(flat, size=min(ORACLE_PIXELS, flat.size), replace=False))
+        return [(int(i) // grid[1], int(i) % grid[1]) for i in chosen]
+
+    out = {"oracle": pick(np.ones(grid, dtype=bool))}
+    tiling = Tiling.from_settings(sampler)
+    if tiling is not None:
+        out["oracle_tile_overlaps"] = pick(tiling.layout(grid, align).shared_pixels().numpy())
+    return out
+
+
+def _large_oracle(prior: GaussianRandomField | None, obs: ObservationModel, post: xr.Dataset,
+                  ensembles: dict[str, np.ndarray], truth: np.ndarray, y: np.ndarray,
+                  variables: list[str], rng: np.random.Generator) -> dict[str, dict[str, Any]]:
+    """variable -> {"oracle": ..., "oracle_tile_overlaps": ..., "oracle_raw": ...} of a grid
+    too large for the dense oracle (empty for the others)."""
+    if prior is None or not obs.linear or prior.size <= DENSE_ORACLE_PIXELS:
+        return {}
+    if not bool((obs.noise_std() > 0).all()):
+        return {v: {"oracle": {"skipped": "the exact posterior needs a positive noise std"}}
+                for v in variables}
+    sampler = json_attr(post, layout.SAMPLER) if layout.SAMPLER in post.attrs else {}
+    pixels = _oracle_pixels(tuple(prior.shape), sampler, obs.operator.grid_multiple, rng)
+    out: dict[str, dict[str, Any]] = {v: {} for v in variables}
+    for name, ens in ensembles.items():
+        suffix = "_raw" if name == "raw ensemble" else ""
+        scores = score_oracle_matrix_free(prior, obs, ens, truth, y, pixels)
+        for key, per_var in scores.items():
+            for c, v in enumerate(variables):
+                out[v][key + suffix] = per_var[c]
+    log.info("evaluate: matrix-free exact posterior at %s pixels",
+             {k: len(v) for k, v in pixels.items()})
+    return out
 
 
 def _maps(
@@ -178,6 +224,8 @@ def evaluate(
                                       members, seed + 1, index.tolist(), transformed)
     marginal = (CensoredPowerField.from_dict(json_attr(fields, layout.HEAVY_TAILED_PRIOR))
                 if layout.HEAVY_TAILED_PRIOR in fields.attrs else None)
+    large_oracle = _large_oracle(prior, obs, post, ensembles, truth_all, y_all, variables,
+                                 np.random.default_rng(seed + 2))
     forecasts = {name: ("ensemble", e) for name, e in ensembles.items()}
     forecasts.update({name: (b["kind"], b["values"].numpy()) for name, b in baselines.items()})
     observed = {name: obs.apply(torch.as_tensor(v)).numpy() for name, (_, v) in forecasts.items()}
@@ -229,12 +277,13 @@ def evaluate(
                                           for u in (0.99, 0.999)}}
         if "raw ensemble" in scores:
             entry["raw_ensemble"] = scores["raw ensemble"]
-        if prior is not None and obs.linear:
+        if prior is not None and obs.linear and prior.size <= DENSE_ORACLE_PIXELS:
             entry["oracle"] = score_oracle(prior, obs.matrix(), eta,
                                            ensembles["ensemble"][:, :, c], truth, y)
             if "raw ensemble" in ensembles:
                 entry["oracle_raw"] = score_oracle(prior, obs.matrix(), eta,
                                                    ensembles["raw ensemble"][:, :, c], truth, y)
+        entry.update(large_oracle.get(var, {}))
         result["variables"][var] = entry
         interpolation = forecasts[obs.baseline_name][1][:, c]
         maps.update(_maps(var, ensembles["ensemble"][:, :, c], truth, interpolation,

@@ -27,13 +27,15 @@ from sgm import __version__
 from sgm.config import SampleSettings, validate
 from sgm.core.device import pick_device
 from sgm.core.observation import ObservationModel
+from sgm.core.onestep import OneStep, OneStepModel
 from sgm.core.posterior import ConditionalModel
 from sgm.core.selection import inflate, inflation_at, observation_distance
 from sgm.core.solvers import Solver
+from sgm.core.tiling import Tiling
 from sgm.core.zero_shot import PriorModel
 from sgm.io import layout
 from sgm.io.cf_export import with_cf_attributes
-from sgm.io.modelfile import read_model
+from sgm.io.modelfile import read_model, read_onestep
 from sgm.io.stores import check_output, open_store, write_store
 
 log = logging.getLogger(__name__)
@@ -74,16 +76,22 @@ def sample_stage(
         raise ValueError("--settings: steps: auto needs --tuning (the output of sgm "
                          "tune-sampler)")
     solver = Solver.from_settings(cfg.model_dump(), read_tuning(tuning) if tuning else None)
+    tiling = Tiling.from_settings(cfg.model_dump())
     device = pick_device(cfg.device)
-    model_file = read_model(model_path)
+    onestep = cfg.method == "onestep"  # the solver settings (and any tuning) do not apply
+    model_file = read_onestep(model_path) if onestep else read_model(model_path)
     meta = model_file.meta
+    if onestep:
+        solver = OneStep(float(meta["onestep"]["sigma_g"]))  # type: ignore[assignment]
     obs_store = open_store(obs_path)
     layout.check_same_spec(meta["spec"], {str(obs_path): layout.spec_of(obs_store)})
     layout.check_split(obs_store, split, obs_path)
     kind = meta.get("kind", "conditional")
     method = cfg.method if cfg.method != "auto" else ("mmps" if kind == "prior" else
                                                       "conditional")
-    if (method == "conditional") != (kind == "conditional"):
+    if onestep:
+        pass  # read_onestep accepts only a one-step model
+    elif (method == "conditional") != (kind == "conditional"):
         raise ValueError(f"--settings: method {method!r} needs a "
                          f"{'conditional' if method == 'conditional' else 'prior'} model, but "
                          f"{model_path} is a {kind} model")
@@ -104,9 +112,19 @@ def sample_stage(
     if kind == "prior":
         model = PriorModel.from_state(model_file.weights, meta, device)
         x = model.sample(observation, y, index, cfg.members, solver, method, cfg.seed,
-                         cfg.batch_size, cfg.cg_iterations, cfg.dps_step, progress).numpy()
+                         cfg.batch_size, cfg.cg_iterations, cfg.dps_step, progress,
+                         tiling).numpy()
         evaluations, jacobians = model.cost.per_member(len(index) * cfg.members)
         cost.update(network_evaluations=evaluations, jacobian_products=jacobians)
+    elif kind == "onestep":
+        model = OneStepModel.from_state(model_file.weights, meta, device)
+        trained = model.model.obs.operator.to_dict()
+        if observation.operator.to_dict() != trained:
+            raise ValueError(f"{obs_path}: its observations were made with "
+                             f"{observation.operator.to_dict()}, but the one-step model "
+                             f"{model_path} was distilled for {trained}")
+        x = model.sample(y, index, cfg.members, cfg.seed, cfg.batch_size, progress).numpy()
+        cost.update(solver_nfe=1, network_evaluations=1.0, jacobian_products=0.0)
     else:
         model = ConditionalModel.from_state(model_file.weights, meta, device)
         trained = model.obs.operator.to_dict()
@@ -116,7 +134,7 @@ def sample_stage(
                              f"{model_path} was trained for {trained} (a prior model with a "
                              "zero-shot method inverts any observation system)")
         x = model.sample(y, index, cfg.members, solver, cfg.seed, cfg.batch_size,
-                         progress).numpy()
+                         progress, tiling).numpy()
         cost.update(network_evaluations=float(solver.nfe), jacobian_products=0.0)
     cost["seconds_per_member"] = (time.perf_counter() - start) / (len(index) * cfg.members)
 

@@ -39,6 +39,7 @@ from sgm.core.posterior import ConditionalModel
 from sgm.core.precond import new_denoiser
 from sgm.core.selection import fit_inflation, observation_distance, validation_scores
 from sgm.core.solvers import Solver
+from sgm.core.tiling import grid_coordinates, patch_pairs, sphere_coordinates
 from sgm.io import layout
 from sgm.io.checkpoint import SnapshotFolder
 from sgm.io.lock import FolderLock
@@ -60,6 +61,29 @@ def _static(fields: xr.Dataset, stats: Standardiser, climatology: bool) -> torch
     cov_standardiser = Standardiser.from_dict(cov_stats, names) if names else None
     grid = (fields.sizes["lat"], fields.sizes["lon"])
     return static_channels(stats, grid, clim, covariates, cov_standardiser)
+
+
+def _positions(fields: xr.Dataset, kind: str) -> torch.Tensor:
+    """Position channels [P, H, W] of a patch-trained model (P = 0 for ``none``)."""
+    if kind == "sphere":
+        return sphere_coordinates(fields.lat.values, fields.lon.values)
+    if kind == "grid":
+        return grid_coordinates((fields.sizes["lat"], fields.sizes["lon"]))
+    return torch.zeros(0, fields.sizes["lat"], fields.sizes["lon"])
+
+
+def _check_patch(patch: list[int], grid: tuple[int, int], align: int) -> tuple[int, int]:
+    """train.patch as (h, w), or a clear error when it cannot be cut from ``grid``."""
+    if len(patch) != 2 or min(patch) < 1:
+        raise ValueError(f"--settings: train.patch must be [h, w] of positive sizes, got {patch}")
+    h, w = patch
+    if h > grid[0] or w > grid[1]:
+        raise ValueError(f"--settings: train.patch {patch} is larger than the grid "
+                         f"{list(grid)}")
+    if h % align or w % align:
+        raise ValueError(f"--settings: train.patch {patch} must be multiples of {align}, the "
+                         f"observation's coarse cell, so that patches hold whole cells")
+    return h, w
 
 
 def _lock(workdir: Path) -> contextlib.AbstractContextManager:
@@ -128,6 +152,9 @@ def train_stage(
     train_index = layout.split_index(fields, "train")
     z = stats.forward(torch.from_numpy(layout.stack(fields, variables, train_index)))
     static = _static(fields, stats, spec.conditioning.climatology)
+    patch = entry.train.patch
+    if patch:  # a patch knows where it is: position channels join the static ones
+        static = torch.cat([static, _positions(fields, entry.train.position)])
     channels = len(variables)
     if prior:
         data, make_pair, target = z, prior_pairs(static), None
@@ -135,6 +162,12 @@ def train_stage(
     else:
         data, make_pair, in_channels, target = _conditional(
             spec, fields, fields_path, obs, stats, z, static, train_index, entry)
+    if patch:
+        align = 1 if obs is None else obs.operator.grid_multiple
+        size = _check_patch(patch, (fields.sizes["lat"], fields.sizes["lon"]), align)
+        make_pair = patch_pairs(make_pair, size, align)
+        log.info("patches of %s (aligned to %d), position channels: %s", list(size), align,
+                 entry.train.position)
 
     m = entry.model
     precond = new_denoiser(m.preset, in_channels, channels, m.sigma_data, m.base_channels,

@@ -28,6 +28,7 @@ from sgm.core.device import pick_device
 from sgm.core.observation import ObservationModel
 from sgm.core.posterior import ConditionalModel
 from sgm.core.solvers import Solver
+from sgm.core.tiling import Tiling
 from sgm.core.zero_shot import PriorModel
 from sgm.io import layout
 from sgm.io.atomic import atomic_write_text
@@ -84,16 +85,18 @@ def tune_sampler(
     truth = layout.stack(fields, model.variables, truth_index)
     y = torch.from_numpy(layout.stack(obs_store, model.variables, index))
     base = cfg.model_dump()
+    tiling = Tiling.from_settings(base)
 
     def run(choice: dict[str, Any]) -> tuple[Solver, dict[str, Any], np.ndarray]:
         solver = Solver.from_settings(base, choice)
         start = time.perf_counter()
         if prior:
             ens = model.sample(observation, y, index, tune.members, solver, method, cfg.seed,
-                               cfg.batch_size, cfg.cg_iterations, cfg.dps_step, progress)
+                               cfg.batch_size, cfg.cg_iterations, cfg.dps_step, progress,
+                               tiling)
         else:
             ens = model.sample(y, index, tune.members, solver, cfg.seed, cfg.batch_size,
-                               progress)
+                               progress, tiling)
         seconds = time.perf_counter() - start
         scores = ensemble_scores(ens.numpy(), truth)
         row = {**solver.choice(), **scores, "seconds": round(seconds, 3),

@@ -15,6 +15,7 @@ STAGE_VERSION = {
     "train": "3",
     "sample": "3",
     "tune_sampler": "1",
+    "distill": "1",
     "export": "1",
     "products": "1",
     "gather": "2",
@@ -46,8 +47,27 @@ def as_json(value):
     return shlex.quote(json.dumps(value, sort_keys=True))
 
 
+def without_unused(settings, switch, keys):
+    """``settings`` without ``keys`` when its ``switch`` is empty (the feature is off): options
+    of a feature that is not used do not change what a job makes, so they neither rerun it nor
+    move a training run to a new folder."""
+    if settings.get(switch):
+        return settings
+    return {k: v for k, v in settings.items() if k not in (switch, *keys)}
+
+
+def training_entry(wildcards):
+    """The model entry that identifies a training run: without its distillation (distilling
+    a model does not retrain it) and without the patch options when it trains on whole fields."""
+    entry = {k: v for k, v in config["models"][wildcards.model].items() if k != "distill"}
+    if "train" in entry:
+        entry["train"] = without_unused(entry["train"], "patch", ("position",))
+    return entry
+
+
 def model_settings(wildcards):
-    return as_json(config["models"][wildcards.model])
+    """What train reads (see training_entry)."""
+    return as_json(training_entry(wildcards))
 
 
 def train_state(wildcards):
@@ -57,19 +77,47 @@ def train_state(wildcards):
     changed settings (retraining) start afresh in a new folder instead of resuming a run whose
     weights no longer fit or whose optimiser followed other settings.
     """
-    settings = json.dumps(config["models"][wildcards.model], sort_keys=True)
+    settings = json.dumps(training_entry(wildcards), sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
     return f"{RESULTS}/{wildcards.spec}/{wildcards.model}/train_state/{digest}"
 
 
+def distilled(wildcards):
+    """Whether the model's posterior is drawn by its distilled one-step sampler."""
+    return bool((config["models"][wildcards.model].get("distill") or {}).get("enabled"))
+
+
+def distill_settings(wildcards):
+    return as_json(config["models"][wildcards.model]["distill"])
+
+
+def distill_state(wildcards):
+    """The undeclared folder of a distillation run (checkpoints, loss log), one per settings of
+    the model and its distillation: a killed job resumes, changed settings start afresh."""
+    settings = json.dumps(config["models"][wildcards.model], sort_keys=True)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
+    return f"{RESULTS}/{wildcards.spec}/{wildcards.model}/distill_state/{digest}"
+
+
+def sampled_model(wildcards):
+    """What sample_shard draws from: onestep.pt of a distilled model, else model.pt."""
+    name = "onestep.pt" if distilled(wildcards) else "model.pt"
+    return f"{RESULTS}/{wildcards.spec}/{wildcards.model}/{name}"
+
+
 def sample_settings(wildcards):
     """The sampler's settings: everything in ``sample:`` but how the work is split and tuned."""
-    return as_json({k: v for k, v in config["sample"].items() if k not in ("shards", "tune")})
+    settings = {k: v for k, v in config["sample"].items() if k not in ("shards", "tune")}
+    settings = without_unused(settings, "tile", ("tile_overlap", "tile_periodic"))
+    if distilled(wildcards):  # the teacher's spread recalibration does not hold for it
+        settings.update(method="onestep", recalibrate=False)
+    return as_json(settings)
 
 
 def tune_settings(wildcards):
     """What tune-sampler reads: the sampler's settings and its ``tune:`` section."""
-    return as_json({k: v for k, v in config["sample"].items() if k != "shards"})
+    settings = {k: v for k, v in config["sample"].items() if k != "shards"}
+    return as_json(without_unused(settings, "tile", ("tile_overlap", "tile_periodic")))
 
 
 AUTO_STEPS = config["sample"].get("steps") == "auto"

@@ -50,7 +50,7 @@ rule observe_external:
 
 rule sample_external:
     input:
-        model=f"{RESULTS}/{{spec}}/{{model}}/model.pt",
+        model=sampled_model,
         obs=f"{RESULTS}/{{spec}}/external/{{name}}/obs.zarr",
         tuning=tuning_file,
     output:

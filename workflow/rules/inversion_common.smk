@@ -17,7 +17,8 @@ def inversion_sample(wildcards, with_tune=False):
     """The inversion's sampler settings: sample: with the entry's overrides."""
     drop = ("shards",) if with_tune else ("shards", "tune")
     base = {k: v for k, v in config["sample"].items() if k not in drop}
-    return {**base, **inversion(wildcards).get("sample", {})}
+    merged = {**base, **inversion(wildcards).get("sample", {})}
+    return without_unused(merged, "tile", ("tile_overlap", "tile_periodic"))
 
 
 def inversion_dir(wildcards):

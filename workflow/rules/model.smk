@@ -64,9 +64,39 @@ rule tune_sampler:
         " > {log:q} 2>&1"
 
 
-rule sample_shard:
+rule distill:
     input:
         model=f"{RESULTS}/{{spec}}/{{model}}/model.pt",
+        fields=f"{RESULTS}/{{spec}}/fields.zarr",
+        obs=f"{RESULTS}/{{spec}}/obs.zarr",
+    output:
+        onestep=f"{RESULTS}/{{spec}}/{{model}}/onestep.pt",
+        loss=f"{RESULTS}/{{spec}}/{{model}}/distill_loss.csv",
+    log:
+        f"{RESULTS}/{{spec}}/{{model}}/logs/distill.log",
+    benchmark:
+        f"{RESULTS}/{{spec}}/{{model}}/benchmarks/distill.tsv",
+    params:
+        version=STAGE_VERSION["distill"],
+        settings=distill_settings,
+        # checkpoints beside the outputs, undeclared, so that a killed job resumes
+        workdir=distill_state,
+    threads: job_threads("train")
+    resources:
+        gpu=min(1, TRAIN_RESOURCES["gpu"]),  # one process: one GPU at most
+        cpus_per_gpu=TRAIN_RESOURCES["cpus_per_gpu"],
+        mem_mb=TRAIN_RESOURCES["mem_mb"],
+        runtime=TRAIN_RESOURCES["runtime"],
+    shell:
+        "sgm distill --threads {threads} --model {input.model:q} --fields {input.fields:q}"
+        " --obs {input.obs:q} --out {output.onestep:q} --workdir {params.workdir:q}"
+        " --settings {params.settings} > {log:q} 2>&1"
+        " && cp {params.workdir:q}/distill_loss.csv {output.loss:q}"
+
+
+rule sample_shard:
+    input:
+        model=sampled_model,
         obs=f"{RESULTS}/{{spec}}/obs.zarr",
         tuning=tuning_file,
     output:
