@@ -23,6 +23,7 @@ include: "workflow/rules/evaluation.smk"
 include: "workflow/rules/external.smk"
 include: "workflow/rules/inversion.smk"
 include: "workflow/rules/products.smk"
+include: "workflow/rules/compare.smk"
 
 
 rule all:
@@ -31,4 +32,5 @@ rule all:
         all_external_reports(),
         all_inversion_reports(),
         all_products(),
+        all_comparisons(),
     default_target: True

@@ -145,6 +145,12 @@ def _report(a: argparse.Namespace) -> None:
            n_maps=a.n_maps, threshold=a.threshold, title=a.title, tuning=a.tuning)
 
 
+def _compare(a: argparse.Namespace) -> None:
+    from sgm.stages.compare import compare
+
+    compare(a.run, a.out, a.csv)
+
+
 def _coarsen_file(a: argparse.Namespace) -> None:
     from sgm.stages.coarsen_file import coarsen_file
 
@@ -270,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     _required(sp, "fields", "obs", "posterior", "metrics", "loss", "out")
     _report_options(sp)
     sp.add_argument("--tuning", default=None, help="tuning.json of sgm tune-sampler")
+
+    sp = add("compare", _compare, "metrics.json of several posteriors of one spec → one HTML "
+             "page and a CSV that show them side by side")
+    sp.add_argument("--run", action="append", required=True, metavar="LABEL=METRICS",
+                    help="a posterior's label and its metrics.json (repeat, in display order)")
+    _required(sp, "out", "csv")
 
     chunks = {"choices": ["time", "pixel"], "default": "time",
               "help": "chunk layout: time (a few whole maps per chunk, fast maps; default) or "

@@ -87,7 +87,8 @@ def test_slurm_profile_asks_for_the_configured_resources(tmp_path: Path) -> None
     external = config.get("external", [])  # the demo's observations from other files
     expected = {
         "ingest": 1, "observe": 1, "train": 1, "sample_shard": 3, "gather": 1, "evaluate": 1,
-        "report": 1, "all": 1, "tune_sampler": int(config["sample"].get("steps") == "auto"),
+        "report": 1, "compare": 1, "all": 1,
+        "tune_sampler": int(config["sample"].get("steps") == "auto"),
         "export": 1, "products": 1,
         "coarsen_external": sum(e.get("make_coarse", False) for e in external),
         "observe_external": len(external),
@@ -116,6 +117,32 @@ def test_slurm_profile_asks_for_the_configured_resources(tmp_path: Path) -> None
             assert int(res["mem_mb"]) == profile["default-resources"]["mem_mb"]
             assert int(res["runtime"]) == profile["default-resources"]["runtime"]
             assert job["threads"] == 1
+
+
+def test_a_distilled_entry_with_a_teacher_trains_nothing(tmp_path: Path) -> None:
+    """models: tiny_onestep distils tiny's model.pt: no second training, no tuning of its
+    one-step sampler, and the comparison page lists both posteriors."""
+    config = demo_config()
+    config["models"]["tiny_onestep"] = {"distill": {"enabled": True, "teacher": "tiny"}}
+    jobs = dry_run(tmp_path, config)
+    by_rule: dict[str, list[dict]] = {}
+    for job in jobs:
+        by_rule.setdefault(job["rule"], []).append(job)
+    assert len(by_rule["train"]) == 1 and "/tiny/model.pt" in by_rule["train"][0]["shell"]
+    assert len(by_rule["tune_sampler"]) == 1 and "/tiny/" in by_rule["tune_sampler"][0]["shell"]
+    (distill,) = by_rule["distill"]
+    assert "--model results/hadcm3_tas_na/tiny/model.pt" in distill["shell"]
+    assert "--out results/hadcm3_tas_na/tiny_onestep/onestep.pt" in distill["shell"]
+    assert "teacher" not in distill["shell"]
+    onestep = [j for j in by_rule["sample_shard"] if "tiny_onestep" in j["shell"]]
+    assert len(onestep) == 1 and "onestep.pt" in onestep[0]["shell"]
+    assert '"method": "onestep"' in onestep[0]["shell"] and "--tuning" not in onestep[0]["shell"]
+    (compare,) = by_rule["compare"]
+    assert "--run tiny=" in compare["shell"] and "--run tiny_onestep=" in compare["shell"]
+    config["models"]["tiny_onestep"]["distill"]["teacher"] = "nope"
+    write_config(tmp_path, config)
+    bad = snakemake(tmp_path, "-n")
+    assert bad.returncode != 0 and "teacher 'nope' is not another entry" in bad.stderr + bad.stdout
 
 
 def train_launch(jobs: list[dict]) -> str:

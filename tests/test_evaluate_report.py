@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ import zarr
 from sgm.core.gaussian import GaussianRandomField, exact_posterior
 from sgm.core.observation import ObservationModel
 from sgm.io.stores import IncompleteStoreError, write_store
+from sgm.stages.compare import compare
 from sgm.stages.evaluate import evaluate
 from sgm.stages.report import report
 
@@ -314,3 +316,28 @@ def test_report_oracle_section_and_threshold(tmp_path: Path) -> None:
     text = out.read_text()
     assert "Gaussian oracle" in text and "Exact-interval coverage" in text
     assert "1.5 (given)" in text
+
+
+def test_compare_puts_runs_side_by_side(coarse: tuple[dict, dict], tmp_path: Path) -> None:
+    paths, result = coarse
+    metrics = paths["fields"].parent / "metrics.json"
+    onestep = json.loads(metrics.read_text())
+    onestep["variables"]["tas"]["ensemble"]["crps"] = 12.5
+    onestep["cost"] = {"network_evaluations": 1.0, "jacobian_products": 0.0,
+                       "seconds_per_member": 0.004}
+    (tmp_path / "onestep.json").write_text(json.dumps(onestep))
+    out = compare([f"multistep={metrics}", f"one <step>={tmp_path / 'onestep.json'}"],
+                  tmp_path / "c" / "comparison.html", tmp_path / "c" / "comparison.csv")
+    rows = list(csv.DictReader((tmp_path / "c" / "comparison.csv").open()))
+    assert [r["run"] for r in rows] == ["multistep", "one <step>"]
+    assert float(rows[0]["fair CRPS"]) == pytest.approx(
+        result["variables"]["tas"]["ensemble"]["crps"])
+    assert float(rows[1]["fair CRPS"]) == 12.5
+    assert rows[1]["network evaluations per member"] == "1.0"
+    text = out.read_text()
+    assert "one &lt;step&gt;" in text and "12.5" in text and "1 network evaluations" in text
+    with pytest.raises(ValueError, match="LABEL=path"):
+        compare(["no-label"], tmp_path / "d.html", tmp_path / "d.csv")
+    with pytest.raises(ValueError, match="not a metrics file"):
+        compare([f"x={paths['loss']}"], tmp_path / "d.html", tmp_path / "d.csv")
+    assert not (tmp_path / "d.html").exists() and not (tmp_path / "d.csv").exists()

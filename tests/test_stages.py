@@ -88,6 +88,13 @@ def test_sample_is_independent_of_batch_size_and_shards(pipeline: Path, tmp_path
     assert np.all(np.isfinite(members)) and members[:, 0].std() > 0
     assert not np.allclose(members[:, 0], members[:, 1])  # members differ
     json.loads(one.attrs["sgm_sampler"])
+    # the gathered cost per member is the shards' mean weighted by their times
+    shards = [json.loads(open_store(tmp_path / f"s{k}.zarr").attrs["sgm_cost"]) for k in range(2)]
+    cost = json.loads(gathered.attrs["sgm_cost"])
+    nfe = json.loads(one.attrs["sgm_sampler"])["nfe"]
+    assert cost["network_evaluations"] == shards[0]["network_evaluations"] == nfe
+    assert cost["seconds_per_member"] == pytest.approx(
+        (shards[0]["seconds_per_member"] + shards[1]["seconds_per_member"]) / 2)
 
 
 def test_shard_times_partition() -> None:

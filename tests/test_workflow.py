@@ -78,7 +78,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert dry.returncode == 0, dry.stderr + dry.stdout
     assert jobs_of_dry_run(dry.stdout + dry.stderr) == {
         "ingest", "observe", "train", "sample_shard", "gather", "evaluate", "report", "export",
-        "products", "all"
+        "products", "compare", "all"
     }
     real = snakemake(workdir)
     assert real.returncode == 0, real.stderr[-5000:]
@@ -107,7 +107,9 @@ def test_every_output_opens(run: Path) -> None:
     metrics = json.loads((res / "tiny" / "metrics.json").read_text())
     assert "tas" in metrics["variables"]
     html = (res / "tiny" / "report" / "index.html").read_text()
-    assert "data:image/png;base64" in html
+    assert "data:image/png;base64" in html and "network evaluations" in html  # cost per member
+    rows = (res / "comparison.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("tiny,tas,K,")
     loss = (res / "tiny" / "loss.csv").read_text().splitlines()
     assert loss[0].startswith("step,loss") and len(loss) == 1 + 12 // 3
     assert (res / "tiny" / "logs" / "train.log").stat().st_size > 0
@@ -141,7 +143,8 @@ def test_sampler_change_reruns_only_downstream(run: Path) -> None:
         dry = snakemake(run, "-n")
         assert dry.returncode == 0, dry.stderr
         assert jobs_of_dry_run(dry.stdout + dry.stderr) == {
-            "sample_shard", "gather", "evaluate", "report", "export", "products", "all"
+            "sample_shard", "gather", "evaluate", "report", "export", "products", "compare",
+            "all"
         }
     finally:
         write_config(run, TINY)
@@ -178,7 +181,7 @@ def test_failed_shard_is_the_only_one_rerun(run: Path, tmp_path: Path) -> None:
         assert dry.returncode == 0, dry.stderr
         assert job_counts(dry.stdout + dry.stderr) == {
             "sample_shard": 1, "gather": 1, "evaluate": 1, "report": 1, "export": 1,
-            "products": 1, "all": 1
+            "products": 1, "compare": 1, "all": 1
         }
         rerun = snakemake(run, posterior)
         assert rerun.returncode == 0, rerun.stderr[-5000:]

@@ -295,6 +295,10 @@ class DistillSettings(StrictModel):
                           "one-step sampler (sgm distill → onestep.pt) and draw this model's "
                           "posterior with it: one network call per member (sample method "
                           "onestep) instead of the solver's steps.")
+    teacher: str | None = Field(None, description="Distil another entry of models: (its "
+                                "model.pt) instead of training one for this entry: a model "
+                                "'tiny_onestep' with teacher 'tiny' puts the one-step posterior "
+                                "beside the multistep one (sgm compare shows both).")
     steps: int = Field(1000, ge=1, description="Mixture-score updates (the generator is "
                        "updated every generator_every of them).")
     batch_size: int = Field(32, ge=1)

@@ -46,9 +46,10 @@ from sgm.core.gaussian_baseline import AnomalyCovariance, GaussianPrior, check_o
 from sgm.core.observation import ObservationModel
 from sgm.core.quantile_mapping import QuantileMapping
 
-GAUSSIAN_BASELINE_OBS = 8192
-"""The Gaussian posterior baseline forms the n_obs x n_obs innovation covariance; beyond this
-many observations per variable (e.g. blur on a large grid) it is left out."""
+GAUSSIAN_BASELINE_SIZE = 2**25
+"""The Gaussian posterior baseline forms the n_obs x n_obs innovation covariance and the
+pixels x n_obs gain, for each shrinkage tried; beyond this many observations x pixels per
+variable (256 x 256 block means of 4 x 4: 2^28) it is left out."""
 SHRINKAGE_GRID = (0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
@@ -147,8 +148,8 @@ def statistical_baselines(
       precipitation): the pooled empirical map from b(y) of simulated training observations to
       the training fields (``sgm.core.quantile_mapping``; bounded below by 0 for the variables
       flagged ``nonnegative``);
-    - for a linear operator, a validation split and at most ``GAUSSIAN_BASELINE_OBS``
-      observations per variable: the Gaussian posterior ensemble, its prior
+    - for a linear operator, a validation split and at most ``GAUSSIAN_BASELINE_SIZE``
+      observations x pixels per variable: the Gaussian posterior ensemble, its prior
       fitted on ``train``[N, C, H, W] with the shrinkage chosen on (val_truth, val_y), and
       ``members`` draws per time seeded by ``seed`` and ``time_index``.
 
@@ -173,7 +174,8 @@ def statistical_baselines(
         for c in range(train.shape[1])], dim=1)
     out["quantile mapping"] = {"kind": "deterministic", "values": mapped}
     if obs_model.linear and val_truth is not None and val_y is not None and len(val_y) \
-            and math.prod(obs_model.obs_shape) <= GAUSSIAN_BASELINE_OBS:
+            and math.prod(obs_model.obs_shape) * math.prod(obs_model.grid) \
+            <= GAUSSIAN_BASELINE_SIZE:
         chosen = select_shrinkage(train, val_truth, val_y, obs_model)
         post = chosen.prior.posterior(obs_model, y)
         out["Gaussian posterior"] = {

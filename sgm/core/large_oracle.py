@@ -212,11 +212,22 @@ class MatrixFreePosterior:
         """Exact posterior standard deviation at the given (row, column) pixels: Tensor[P, C],
         computed ``chunk`` pixels at a time (memory: ``chunk`` fields).
 
-        One CG solve per pixel: cheap for a few pixels, or for all of them when the operator
-        commutes with shifts (4 x 4 block means on a periodic grid: the 16 pixels of one
-        block give every marginal). Otherwise estimate the std from :meth:`sample` draws, with
-        a relative standard error of 1 / sqrt(2 (M - 1)) per pixel for M draws.
+        One CG solve per distinct pixel: cheap for a few pixels, or for all of them when the
+        operator commutes with shifts by p pixels (``shift_period``; 4 x 4 block means on the
+        periodic grid: the 16 pixels of one block give every marginal), where pixels are taken
+        modulo p. Otherwise estimate the std from :meth:`sample` draws, with a relative
+        standard error of 1 / sqrt(2 (M - 1)) per pixel for M draws.
         """
+        period = self.obs.operator.shift_period
+        if period is not None:
+            reps = [(i % period, j % period) for i, j in pixels]
+            distinct = sorted(set(reps))
+            std = self._marginal_std(distinct, chunk)
+            where = {p: k for k, p in enumerate(distinct)}
+            return std[torch.tensor([where[p] for p in reps], dtype=torch.long)]
+        return self._marginal_std(pixels, chunk)
+
+    def _marginal_std(self, pixels: list[tuple[int, int]], chunk: int) -> Tensor:
         h, w = self.prior.shape
         channels = len(self.obs.variables)
         out = []

@@ -46,6 +46,13 @@ class ObservationOperator(ABC):
         """Tiles and patches start at multiples of this (whole coarse cells)."""
         return 1
 
+    @property
+    def shift_period(self) -> int | None:
+        """p such that shifting the field by p pixels along either axis (periodically) shifts
+        the observations alike, or None: with a stationary periodic prior the exact posterior
+        marginals then repeat with period p."""
+        return None
+
     def __init__(self, grid: tuple[int, int]) -> None:
         self.grid = _check_grid(grid)
 
@@ -139,6 +146,10 @@ class Coarsen(ObservationOperator):
 
     @property
     def grid_multiple(self) -> int:
+        return self.factor
+
+    @property
+    def shift_period(self) -> int | None:
         return self.factor
 
     def apply(self, x: Tensor) -> Tensor:

@@ -34,6 +34,12 @@ from sgm.io.atomic import raise_if_disk_full
 
 COMPLETE_ATTR = "sgm_complete"
 
+# Snakemake marks a finished directory output with a file .snakemake_timestamp inside it; Zarr
+# warns about that foreign object each time it lists the store. It is harmless, and the warning
+# would fill every stage's log.
+warnings.filterwarnings("ignore", message=r"Object at \.snakemake_timestamp is not recognized",
+                        category=UserWarning)
+
 
 class StoreError(ValueError):
     """A store that cannot be used as it is; the message names the store and the problem."""

@@ -276,8 +276,24 @@ def sampler_text(sampler: dict[str, Any] | str) -> str:
     order = "" if name in ("heun", "edm_heun") else f" order {sampler.get('order')}"
     nfe = f" ({sampler['nfe']} NFE)" if "nfe" in sampler else ""
     method = sampler.get("method", "conditional")
+    if method == "onestep":
+        return (f"onestep: the distilled generator, one network evaluation per member, "
+                f"{sampler.get('members')} members, seed {sampler.get('seed')}")
     return (f"{method}: {name}{order}, {sampler.get('steps')} steps{nfe}, "
             f"{sampler.get('members')} members, seed {sampler.get('seed')}")
+
+
+def cost_text(cost: dict[str, Any] | None) -> str:
+    """What one member cost: '16 network evaluations, 128 Jacobian products, 0.012 s'."""
+    if not cost:
+        return "—"
+    parts = [f"{cost['network_evaluations']:g} network evaluations"
+             if "network_evaluations" in cost else f"{cost.get('solver_nfe', '?')} NFE"]
+    if cost.get("jacobian_products"):
+        parts.append(f"{cost['jacobian_products']:g} Jacobian products")
+    if "seconds_per_member" in cost:
+        parts.append(f"{cost['seconds_per_member']:.3g} s of sampling")
+    return ", ".join(parts)
 
 
 def _tuning_html(tuning: dict[str, Any]) -> str:
@@ -300,6 +316,7 @@ def _provenance(m: dict, test_period: str) -> dict[str, Any]:
         "Model hash": prov.get("sgm_model_hash", "—"),
         "Sampler": sampler_text(prov.get("sgm_sampler", "—")),
         "Sampling seed": prov.get("sgm_seed", "—"),
+        "Cost per member": cost_text(m.get("cost")),
         "Observations": operator_text(m.get("operator"), m.get("noise_std"), units),
         "Observation seed": m.get("obs_seed", "—"),
         "Test period": test_period,

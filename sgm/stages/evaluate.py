@@ -192,6 +192,7 @@ def evaluate(
         "evaluate_seed": seed,
         "model_selection": json_attr(post, layout.SELECTION)
         if layout.SELECTION in post.attrs else {},
+        "cost": json_attr(post, layout.COST) if layout.COST in post.attrs else {},
         "variables": {},
     }
     maps: dict[str, Any] = {}

@@ -48,5 +48,16 @@ def gather_shards(shard_paths: list[str | Path], out: str | Path) -> Path:
     if len(np.unique(ds.obs_index.values)) != ds.sizes["time"]:
         raise StoreError("posterior shards overlap in time")
     attrs = {k: v for k, v in parts[0].attrs.items() if k not in (layout.COMPLETE, layout.SHARD)}
+    costs = [(json_attr(p, layout.COST), p.sizes["time"]) for p in parts if layout.COST in p.attrs]
+    if len(costs) == len(parts):
+        attrs[layout.COST] = json.dumps(mean_cost(costs), sort_keys=True)
     ds.attrs = {}
     return write_store(ds.load(), out, attrs={**attrs, layout.SHARD: json.dumps([0, 1])})
+
+
+def mean_cost(costs: list[tuple[dict, int]]) -> dict:
+    """The cost per member of the whole posterior: each shard's figures weighted by its times
+    (every time has the same number of members)."""
+    total = sum(n for _, n in costs)
+    keys = set.intersection(*(set(c) for c, _ in costs))
+    return {k: sum(float(c[k]) * n for c, n in costs) / total for k in sorted(keys)}

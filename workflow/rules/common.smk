@@ -16,9 +16,10 @@ STAGE_VERSION = {
     "sample": "3",
     "tune_sampler": "1",
     "distill": "1",
+    "compare": "1",
     "export": "1",
     "products": "1",
-    "gather": "2",
+    "gather": "3",
     "evaluate": "2",
     "report": "2",
 }
@@ -27,6 +28,7 @@ STAGE_VERSION = {
 # Rules that only wire files run on the submitting machine, never as cluster jobs.
 localrules:
     all,
+    compare,
     gather,
     gather_inversion,
 
@@ -87,14 +89,36 @@ def distilled(wildcards):
     return bool((config["models"][wildcards.model].get("distill") or {}).get("enabled"))
 
 
+def teacher(wildcards):
+    """The model entry whose model.pt a distilled entry distils: its ``teacher`` or itself."""
+    name = (config["models"][wildcards.model].get("distill") or {}).get("teacher")
+    if name is None:
+        return wildcards.model
+    if name not in config["models"] or name == wildcards.model:
+        raise ValueError(f"config: models: {wildcards.model}: distill: teacher {name!r} is not "
+                         "another entry of models:")
+    return name
+
+
+def teacher_model(wildcards):
+    return f"{RESULTS}/{wildcards.spec}/{teacher(wildcards)}/model.pt"
+
+
+def training_loss(wildcards):
+    """The training loss log shown in a model's report (its teacher's for a distilled entry)."""
+    return f"{RESULTS}/{wildcards.spec}/{teacher(wildcards)}/loss.csv"
+
+
 def distill_settings(wildcards):
-    return as_json(config["models"][wildcards.model]["distill"])
+    settings = config["models"][wildcards.model]["distill"]
+    return as_json({k: v for k, v in settings.items() if k != "teacher"})
 
 
 def distill_state(wildcards):
     """The undeclared folder of a distillation run (checkpoints, loss log), one per settings of
     the model and its distillation: a killed job resumes, changed settings start afresh."""
-    settings = json.dumps(config["models"][wildcards.model], sort_keys=True)
+    entry = config["models"][wildcards.model]
+    settings = json.dumps([entry, config["models"][teacher(wildcards)]], sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
     return f"{RESULTS}/{wildcards.spec}/{wildcards.model}/distill_state/{digest}"
 
@@ -124,15 +148,16 @@ AUTO_STEPS = config["sample"].get("steps") == "auto"
 
 
 def tuning_file(wildcards):
-    """tuning.json of the model, an input of sampling when ``steps: auto``."""
-    if not AUTO_STEPS:
+    """tuning.json of the model, an input of sampling when ``steps: auto`` (not of a one-step
+    sampler, which has no steps to tune)."""
+    if not AUTO_STEPS or distilled(wildcards):
         return []
     return f"{RESULTS}/{wildcards.spec}/{wildcards.model}/tuning.json"
 
 
 def tuning_option(wildcards, input):
     """``--tuning <file>`` with ``steps: auto``, else nothing."""
-    return f"--tuning {shlex.quote(str(input.tuning))}" if AUTO_STEPS else ""
+    return f"--tuning {shlex.quote(str(input.tuning))}" if input.get("tuning") else ""
 
 
 # ----------------------------------------------------------------------- job resources
@@ -188,3 +213,17 @@ def all_products():
         spec=config["specs"],
         model=list(config["models"]),
     )
+
+
+def spec_runs(wildcards):
+    """{label: metrics.json} of every model and every inversion of the spec, in config order."""
+    runs = {m: f"{RESULTS}/{wildcards.spec}/{m}/metrics.json" for m in config["models"]}
+    for (spec, name), inv in INVERSIONS.items():
+        if spec == wildcards.spec:
+            runs[f"{inv['prior']}: {name}"] = (
+                f"{RESULTS}/{spec}/{inv['prior']}/inversions/{name}/metrics.json")
+    return runs
+
+
+def all_comparisons():
+    return expand(f"{RESULTS}/{{spec}}/comparison.html", spec=config["specs"])

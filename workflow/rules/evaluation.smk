@@ -23,7 +23,7 @@ rule report:
         obs=f"{RESULTS}/{{spec}}/obs.zarr",
         posterior=f"{RESULTS}/{{spec}}/{{model}}/posterior.zarr",
         metrics=f"{RESULTS}/{{spec}}/{{model}}/metrics.json",
-        loss=f"{RESULTS}/{{spec}}/{{model}}/loss.csv",
+        loss=training_loss,
         tuning=tuning_file,
     output:
         html=report(

@@ -66,7 +66,7 @@ rule tune_sampler:
 
 rule distill:
     input:
-        model=f"{RESULTS}/{{spec}}/{{model}}/model.pt",
+        model=teacher_model,
         fields=f"{RESULTS}/{{spec}}/fields.zarr",
         obs=f"{RESULTS}/{{spec}}/obs.zarr",
     output:
