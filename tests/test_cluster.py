@@ -137,6 +137,8 @@ def test_a_distilled_entry_with_a_teacher_trains_nothing(tmp_path: Path) -> None
     onestep = [j for j in by_rule["sample_shard"] if "tiny_onestep" in j["shell"]]
     assert len(onestep) == 1 and "onestep.pt" in onestep[0]["shell"]
     assert '"method": "onestep"' in onestep[0]["shell"] and "--tuning" not in onestep[0]["shell"]
+    # settings of the zero-shot methods are no input of models that are not priors
+    assert all("cg_iterations" not in j["shell"] for j in by_rule["sample_shard"])
     (compare,) = by_rule["compare"]
     assert "--run tiny=" in compare["shell"] and "--run tiny_onestep=" in compare["shell"]
     config["models"]["tiny_onestep"]["distill"]["teacher"] = "nope"

@@ -168,6 +168,13 @@ class SampleSettings(StrictModel):
         "<variable>_raw."
     )
     cg_iterations: int = Field(8, ge=0, description="Conjugate-gradient steps of mmps.")
+    covariance_sigma: float | None = Field(
+        3.0, gt=0, description="mmps: above this noise level (in units of the standardised "
+        "fields; 97.5 % of the training noise levels lie below 3) Tweedie's covariance comes "
+        "from the network's Jacobian at this level, where it is reliable, rather than at the "
+        "step's (sgm.core.guidance.MMPS); null: at every step's own level, as in the paper "
+        "(exact for an exact denoiser, but a trained one's Jacobian error is amplified by "
+        "sigma^2 at high noise).")
     dps_step: float = Field(0.3, gt=0, description="DPS step size zeta (per member).")
     solver: SolverName = Field("dpm", description="heun, dpm, dpm++ or sde (see "
                                "sgm.core.solvers); ignored with steps: auto.")

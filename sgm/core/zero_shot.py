@@ -34,10 +34,12 @@ METHODS = ("mmps", "dps", "tmpd")
 
 
 def guided(method: str, denoise: Denoiser, forward: Any, y: Tensor, noise_std: Tensor,
-           cg_iterations: int = 8, dps_step: float = 0.3) -> GuidedDenoiser:
+           cg_iterations: int = 8, dps_step: float = 0.3,
+           covariance_sigma: float | None = None) -> GuidedDenoiser:
     """The guided denoiser of ``method`` (mmps, dps or tmpd) for a batch."""
     if method == "mmps":
-        return MMPS(denoise, forward, y, noise_std, cg_iterations=cg_iterations)
+        return MMPS(denoise, forward, y, noise_std, cg_iterations=cg_iterations,
+                    covariance_sigma=covariance_sigma)
     if method == "dps":
         return DPS(denoise, forward, y, noise_std, zeta=dps_step)
     if method == "tmpd":
@@ -88,6 +90,7 @@ class PriorModel:
         dps_step: float = 0.3,
         progress: bool = False,
         tiling: Tiling | None = None,
+        covariance_sigma: float | None = None,
     ) -> Tensor:
         """Posterior members Tensor[T, M, C, H, W] (physical units, float32, CPU) of the
         observations y[T, C, *obs] (physical units) made by ``obs``; with ``tiling`` the
@@ -113,7 +116,7 @@ class PriorModel:
 
         def denoiser_for(rows: Tensor) -> Denoiser:
             g = guided(method, prior, forward, y[rows].to(device), eta, cg_iterations,
-                       dps_step)
+                       dps_step, covariance_sigma)
             g.cost = self.cost  # one tally for the whole ensemble
             return g
 

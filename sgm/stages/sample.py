@@ -113,7 +113,7 @@ def sample_stage(
         model = PriorModel.from_state(model_file.weights, meta, device)
         x = model.sample(observation, y, index, cfg.members, solver, method, cfg.seed,
                          cfg.batch_size, cfg.cg_iterations, cfg.dps_step, progress,
-                         tiling).numpy()
+                         tiling, cfg.covariance_sigma).numpy()
         evaluations, jacobians = model.cost.per_member(len(index) * cfg.members)
         cost.update(network_evaluations=evaluations, jacobian_products=jacobians)
     elif kind == "onestep":

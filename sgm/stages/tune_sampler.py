@@ -93,7 +93,7 @@ def tune_sampler(
         if prior:
             ens = model.sample(observation, y, index, tune.members, solver, method, cfg.seed,
                                cfg.batch_size, cfg.cg_iterations, cfg.dps_step, progress,
-                               tiling)
+                               tiling, cfg.covariance_sigma)
         else:
             ens = model.sample(y, index, tune.members, solver, cfg.seed, cfg.batch_size,
                                progress, tiling)

@@ -129,10 +129,24 @@ def sampled_model(wildcards):
     return f"{RESULTS}/{wildcards.spec}/{wildcards.model}/{name}"
 
 
+# Settings only the zero-shot methods of prior models read: left out for the other models, so
+# that changing them reruns no conditional sampling.
+ZERO_SHOT_KEYS = ("cg_iterations", "covariance_sigma", "dps_step")
+
+
+def for_model(settings, wildcards):
+    """``settings`` without the zero-shot keys unless the model is a prior."""
+    kind = (config["models"][wildcards.model].get("model") or {}).get("kind", "conditional")
+    if kind == "prior":
+        return settings
+    return {k: v for k, v in settings.items() if k not in ZERO_SHOT_KEYS}
+
+
 def sample_settings(wildcards):
     """The sampler's settings: everything in ``sample:`` but how the work is split and tuned."""
     settings = {k: v for k, v in config["sample"].items() if k not in ("shards", "tune")}
-    settings = without_unused(settings, "tile", ("tile_overlap", "tile_periodic"))
+    settings = for_model(without_unused(settings, "tile", ("tile_overlap", "tile_periodic")),
+                         wildcards)
     if distilled(wildcards):  # the teacher's spread recalibration does not hold for it
         settings.update(method="onestep", recalibrate=False)
     return as_json(settings)
@@ -141,7 +155,8 @@ def sample_settings(wildcards):
 def tune_settings(wildcards):
     """What tune-sampler reads: the sampler's settings and its ``tune:`` section."""
     settings = {k: v for k, v in config["sample"].items() if k != "shards"}
-    return as_json(without_unused(settings, "tile", ("tile_overlap", "tile_periodic")))
+    return as_json(for_model(without_unused(settings, "tile", ("tile_overlap", "tile_periodic")),
+                             wildcards))
 
 
 AUTO_STEPS = config["sample"].get("steps") == "auto"
