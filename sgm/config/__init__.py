@@ -74,11 +74,37 @@ SCHEMAS: dict[str, type[BaseModel]] = {
 }
 
 
+def _without_defaults_in_unions(schema: dict) -> dict:
+    """Drop the defaults of the branches of every ``oneOf`` (the operator kinds).
+
+    Snakemake's ``validate`` fills in defaults while it tries each branch of a ``oneOf``, so
+    one branch's defaults would become unknown keys for the next (a ``python`` operator would
+    be refused for the ``fraction`` of ``sparse``); the pydantic models fill them instead.
+    """
+    defs = schema.get("$defs", {})
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for branch in node.get("oneOf", []):
+                ref = branch.get("$ref", "") if isinstance(branch, dict) else ""
+                target = defs.get(ref.rsplit("/", 1)[-1]) if ref.startswith("#/$defs/") else None
+                for prop in (target or {}).get("properties", {}).values():
+                    prop.pop("default", None)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    return schema
+
+
 def json_schemas() -> dict[str, str]:
     """The JSON schemas (draft 2020-12) of the spec and config files, as file texts."""
     texts = {}
     for name, model in SCHEMAS.items():
         schema = {"$schema": "https://json-schema.org/draft/2020-12/schema"}
         schema.update(model.model_json_schema())
-        texts[name] = json.dumps(schema, indent=2) + "\n"
+        texts[name] = json.dumps(_without_defaults_in_unions(schema), indent=2) + "\n"
     return texts
