@@ -72,17 +72,18 @@ def sample_stage(
     """Draw the posterior ensemble for the ``split`` times of ``obs.zarr`` (``all``: every time)."""
     cfg: SampleSettings = validate(SampleSettings, settings, "--settings")
     out = check_output(out)
-    if cfg.steps == "auto" and tuning is None:
+    onestep = cfg.method == "onestep"  # the solver settings (and any tuning) do not apply
+    if cfg.steps == "auto" and tuning is None and not onestep:
         raise ValueError("--settings: steps: auto needs --tuning (the output of sgm "
                          "tune-sampler)")
-    solver = Solver.from_settings(cfg.model_dump(), read_tuning(tuning) if tuning else None)
     tiling = Tiling.from_settings(cfg.model_dump())
     device = pick_device(cfg.device)
-    onestep = cfg.method == "onestep"  # the solver settings (and any tuning) do not apply
     model_file = read_onestep(model_path) if onestep else read_model(model_path)
     meta = model_file.meta
     if onestep:
-        solver = OneStep(float(meta["onestep"]["sigma_g"]))  # type: ignore[assignment]
+        solver = OneStep(float(meta["onestep"]["sigma_g"]))
+    else:
+        solver = Solver.from_settings(cfg.model_dump(), read_tuning(tuning) if tuning else None)
     obs_store = open_store(obs_path)
     layout.check_same_spec(meta["spec"], {str(obs_path): layout.spec_of(obs_store)})
     layout.check_split(obs_store, split, obs_path)
