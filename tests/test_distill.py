@@ -45,6 +45,7 @@ from sgm.io.stores import open_store
 from sgm.stages import distill as stage
 from sgm.stages.ingest import ingest
 from sgm.stages.observe import observe
+from sgm.stages.sample import sample_stage
 from sgm.stages.train import train_stage
 
 
@@ -374,6 +375,11 @@ def test_stage_writes_a_onestep_file_that_samples_batch_independently(pipeline: 
     x = generate(cm.precond, z[None], cond, 2.5)
     x = cm.stats.inverse(cm.target.inverse(x, cm.stats.forward(y[2:3])))
     assert torch.allclose(x[0], a[2, 3], atol=1e-5)
+    # the stage samples it with the workflow's settings: steps: auto needs no tuning here
+    post = sample_stage(pipeline / "onestep.pt", pipeline / "obs.zarr", pipeline / "one.zarr",
+                        {"method": "onestep", "steps": "auto", "members": 5, "seed": 1},
+                        progress=False)
+    np.testing.assert_array_equal(open_store(post).field.values, a[:, :, 0].numpy())
 
 
 def test_stage_resumes_and_refuses_bad_input_in_one_line(pipeline: Path, tmp_path: Path) -> None:
