@@ -46,10 +46,8 @@ from torch import Tensor, nn
 
 from sgm.config import DistillSettings
 from sgm.core import metrics
-from sgm.core.distill import with_alpha_channel
-from sgm.core.distill_oracle import CoarsenOracle, TeacherPlusNet, coarsen_oracle
+from sgm.core.distill_oracle import CoarsenOracle, coarsen_oracle, students
 from sgm.core.distillation import DistillRow, distill
-from sgm.core.network import build_unet
 from sgm.core.onestep import OneStep
 from sgm.core.sampler import member_seed
 from sgm.core.solvers import Solver
@@ -64,15 +62,6 @@ def _print_row(row: DistillRow) -> None:
     print(f"    step {row.step:6d}  score loss {row.score_loss:.4f}  generator "
           f"{row.generator_loss:.3g}  {row.wall_s:6.0f} s", flush=True)
 
-
-def students(problem: CoarsenOracle, base_channels: int, seed: int) -> tuple[nn.Module, nn.Module]:
-    """(generator denoiser, mixture denoiser), both exactly the teacher at initialisation."""
-    torch.manual_seed(seed)
-    gen = TeacherPlusNet(problem.teacher, build_unet("tiny", 2, 1, base_channels=base_channels))
-    torch.manual_seed(seed + 1)
-    mix = with_alpha_channel(TeacherPlusNet(
-        problem.teacher, build_unet("tiny", 2, 1, base_channels=base_channels)))
-    return gen, mix
 
 
 def draw(sampler: Any, denoiser: nn.Module, cond: Tensor, members: int, batch: int = 256

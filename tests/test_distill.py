@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_stages import MODEL, SPEC  # the same tiny pipeline
 from torch import Tensor, nn
 
 from sgm.core import metrics
@@ -29,10 +30,9 @@ from sgm.core.distill import (
     score_weight,
     with_alpha_channel,
 )
-from sgm.core.distill_oracle import TeacherPlusNet, coarsen_oracle
+from sgm.core.distill_oracle import coarsen_oracle, students
 from sgm.core.distillation import DistillRow, DistillSettings, distill
 from sgm.core.gaussian import conditional_denoiser
-from sgm.core.network import build_unet
 from sgm.core.onestep import OneStep, OneStepModel
 from sgm.core.precond import new_denoiser
 from sgm.core.sampler import member_seed
@@ -52,15 +52,6 @@ from sgm.stages.train import train_stage
 def settings(**overrides: Any) -> stage.DistillSettings:
     return stage.DistillSettings(**{"device": "cpu", "log_every": 10, **overrides})
 
-
-def students(problem: Any, base_channels: int, seed: int = 0) -> tuple[nn.Module, nn.Module]:
-    """Generator and mixture denoisers that start as the exact teacher (bit for bit)."""
-    torch.manual_seed(seed)
-    gen = TeacherPlusNet(problem.teacher, build_unet("tiny", 2, 1, base_channels=base_channels))
-    torch.manual_seed(seed + 1)
-    mix = with_alpha_channel(TeacherPlusNet(
-        problem.teacher, build_unet("tiny", 2, 1, base_channels=base_channels)))
-    return gen, mix
 
 
 @pytest.fixture(scope="module")
@@ -316,16 +307,6 @@ def test_distillation_spreads_a_collapsed_ensemble_on_the_oracle(oracle: Any) ->
 
 # ------------------------------------------------------------------ the stage
 
-SPEC = {
-    "name": "tiny_grf",
-    "source": {"synthetic": {"shape": [8, 12], "length_scale": 2.0, "n_times": 48, "seed": 3}},
-    "variables": [{"name": "field"}],
-    "splits": {"train": 40, "val": 4, "test": 4},
-    "operator": {"kind": "coarsen", "factor": 4, "noise_std": 0.05},
-    "conditioning": {"climatology": True},
-}
-MODEL = {"model": {"preset": "tiny", "base_channels": 8},
-         "train": {"steps": 4, "batch_size": 4, "checkpoint_every": 2, "log_every": 2}}
 # read_model's refusal of onestep.pt (its format is not sgm-model-3), either wording
 ONESTEP_REFUSED = r"onestep.pt: (not an sgm model file|a one-step model)"
 DISTILL = {"steps": 6, "batch_size": 4, "generator_every": 2, "checkpoint_every": 3,

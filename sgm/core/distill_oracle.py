@@ -32,12 +32,14 @@ from sgm.core.conditioning import (
     simulated_observations,
     training_pairs,
 )
+from sgm.core.distill import with_alpha_channel
 from sgm.core.gaussian import GaussianRandomField, exact_posterior
+from sgm.core.network import build_unet
 from sgm.core.observation import ObservationModel
 from sgm.core.precond import edm_coefficients
 
 __all__ = ["CoarsenOracle", "ExactConditionalDenoiser", "TeacherPlusNet", "coarsen_oracle",
-           "posterior_gain"]
+           "posterior_gain", "students"]
 
 
 def posterior_gain(prior: GaussianRandomField, A: np.ndarray, noise_std: float
@@ -171,3 +173,16 @@ def coarsen_oracle(grid: int = 16, factor: int = 4, length_scale: float = 3.0,
     identity = Standardiser(("x",), (0.0,), (1.0,))
     make_pair = training_pairs(obs, simulated_observations(obs, identity), None, None)
     return CoarsenOracle(prior, obs, teacher, fields, make_pair)
+
+
+def students(problem: CoarsenOracle, base_channels: int, seed: int = 0
+             ) -> tuple[nn.Module, nn.Module]:
+    """(generator denoiser, mixture denoiser) for distilling ``problem``'s exact teacher: each
+    the teacher plus a tiny U-Net (seeded by ``seed`` and ``seed + 1``) whose output starts at
+    zero, so both are exactly the teacher at initialisation."""
+    torch.manual_seed(seed)
+    gen = TeacherPlusNet(problem.teacher, build_unet("tiny", 2, 1, base_channels=base_channels))
+    torch.manual_seed(seed + 1)
+    mix = with_alpha_channel(TeacherPlusNet(
+        problem.teacher, build_unet("tiny", 2, 1, base_channels=base_channels)))
+    return gen, mix

@@ -42,7 +42,7 @@ from sgm.core.distill import (
     mixture_score_loss,
 )
 from sgm.core.ema import EMA
-from sgm.core.training import CheckpointStore, MakePair
+from sgm.core.training import CheckpointStore, MakePair, restore_rng_state, rng_state
 
 __all__ = ["DistillLog", "DistillResult", "DistillRow", "DistillSettings", "distill"]
 
@@ -190,11 +190,7 @@ def distill(
         ema.load_state_dict(ckpt["ema"])
         opt_g.load_state_dict(ckpt["opt_generator"])
         opt_m.load_state_dict(ckpt["opt_mixture"])
-        for name, g in gens.items():
-            g.set_state(ckpt["rng"][name])
-        torch.set_rng_state(ckpt["rng"]["torch_cpu"])
-        if ckpt["rng"]["torch_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["torch_cuda"])
+        restore_rng_state(ckpt["rng"], gens)
         sums.update(ckpt["log"]["sums"])
         last.update(ckpt["log"]["last"])
         wall_before = float(ckpt["log"]["wall_s"])
@@ -206,7 +202,6 @@ def distill(
     losses.restart(step)
 
     def checkpoint(step: int, wall: float) -> None:
-        cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
         checkpoints.save({
             "step": step,
             "generator": generator.state_dict(),
@@ -214,8 +209,7 @@ def distill(
             "ema": ema.state_dict(),
             "opt_generator": opt_g.state_dict(),
             "opt_mixture": opt_m.state_dict(),
-            "rng": {**{k: g.get_state() for k, g in gens.items()},
-                    "torch_cpu": torch.get_rng_state(), "torch_cuda": list(cuda)},
+            "rng": rng_state(gens, device),
             "log": {"sums": dict(sums), "last": dict(last), "wall_s": wall},
             "settings": settings_dict(s),
         }, step)

@@ -250,6 +250,24 @@ class _LossLog:
         self.last_loss = float(state["last_loss"])
 
 
+
+def rng_state(gens: dict[str, torch.Generator], device: torch.device) -> dict[str, Any]:
+    """Every random state a resumed run needs: the named generators, torch's global CPU
+    generator and, on CUDA, its per-device generators (a checkpoint's ``rng`` entry)."""
+    cuda = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
+    return {**{k: g.get_state() for k, g in gens.items()},
+            "torch_cpu": torch.get_rng_state(), "torch_cuda": list(cuda)}
+
+
+def restore_rng_state(state: dict[str, Any], gens: dict[str, torch.Generator]) -> None:
+    """Put back what :func:`rng_state` captured."""
+    for name, g in gens.items():
+        g.set_state(state[name])
+    torch.set_rng_state(state["torch_cpu"])
+    if state["torch_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
 def train(
     precond: EDMPrecond,
     data: Tensor,
@@ -343,11 +361,7 @@ def _train(
         precond.load_state_dict(ckpt["model"])
         ema.load_state_dict(ckpt["ema"])
         opt.load_state_dict(ckpt["optimizer"])
-        for name, g in gens.items():
-            g.set_state(ckpt["rng"][name])
-        torch.set_rng_state(ckpt["rng"]["torch_cpu"])
-        if ckpt["rng"]["torch_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(ckpt["rng"]["torch_cuda"])
+        restore_rng_state(ckpt["rng"], gens)
         acc.load_state_dict(ckpt["log"])
         wall_before = float(ckpt["log"]["wall_s"])
         changed = {k for k, v in settings_dict(s).items() if ckpt["settings"].get(k) != v}
@@ -362,17 +376,12 @@ def _train(
         precond.net.compile()
 
     def checkpoint(step: int, wall: float) -> None:
-        cuda_states = torch.cuda.get_rng_state_all() if device.type == "cuda" else []
         state = {
             "step": step,
             "model": precond.state_dict(),
             "ema": ema.state_dict(),
             "optimizer": opt.state_dict(),
-            "rng": {
-                **{k: g.get_state() for k, g in gens.items()},
-                "torch_cpu": torch.get_rng_state(),
-                "torch_cuda": list(cuda_states),
-            },
+            "rng": rng_state(gens, device),
             "log": {**acc.state_dict(), "wall_s": wall},
             "settings": settings_dict(s),
         }
