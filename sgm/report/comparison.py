@@ -16,7 +16,7 @@ import html
 import io
 from typing import Any
 
-from sgm.report.page import CSS, fmt, generated, header_html
+from sgm.report.page import fmt, generated, header_html, page_html
 from sgm.report.posterior import cost_text, sampler_text
 from sgm.report.provenance import operator_text
 
@@ -94,7 +94,4 @@ def comparison_html(spec: str, rows: list[dict[str, Any]]) -> bytes:
             f"<dt>{html.escape(r['run'])}</dt><dd>{html.escape(r['observations'])}; "
             f"{html.escape(r['sampler'])}; {html.escape(r['cost'])} per member</dd>"
             for r in mine) + "</dl>")
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>"
-            f"{html.escape(title)}</title><style>{CSS}</style></head><body>{''.join(body)}"
-            "</body></html>")
-    return page.encode("utf-8")
+    return page_html(title, "".join(body)).encode("utf-8")

@@ -122,6 +122,13 @@ def header_html(title: str, items: dict[str, Any], intro: str, raw: Any = None) 
     return f"<h1>{html.escape(title)}</h1><dl class='prov'>{rows}</dl>{folded}{intro}"
 
 
+def page_html(title: str, body: str) -> str:
+    """A whole self-contained HTML document: the escaped ``title``, the CSS and ``body``."""
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
+            f"{body}</body></html>")
+
+
 class Page:
     """A report page being assembled in memory: HTML pieces and named figures."""
 
@@ -142,10 +149,6 @@ class Page:
     def write(self, out_html: str | Path, title: str, header: str) -> Path:
         """Write the figures as PNG files beside ``out_html`` and the page, all or none."""
         out_html = Path(out_html)
-        page = (
-            f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
-            f"{header}{''.join(self.body)}</body></html>"
-        )
+        page = page_html(title, header + "".join(self.body))
         files = [(out_html.parent / name, png) for name, png in self.figures]
         return write_files_together([*files, (out_html, page.encode("utf-8"))])
