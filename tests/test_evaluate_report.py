@@ -338,6 +338,9 @@ def test_compare_puts_runs_side_by_side(coarse: tuple[dict, dict], tmp_path: Pat
     assert "one &lt;step&gt;" in text and "12.5" in text and "1 network evaluations" in text
     with pytest.raises(ValueError, match="LABEL=path"):
         compare(["no-label"], tmp_path / "d.html", tmp_path / "d.csv")
-    with pytest.raises(ValueError, match="not a metrics file"):
+    with pytest.raises(ValueError, match="loss.csv: not valid JSON"):
         compare([f"x={paths['loss']}"], tmp_path / "d.html", tmp_path / "d.csv")
+    (tmp_path / "other.json").write_text('{"spec": "fixture"}')
+    with pytest.raises(ValueError, match="not a metrics file"):
+        compare([f"x={tmp_path / 'other.json'}"], tmp_path / "d.html", tmp_path / "d.csv")
     assert not (tmp_path / "d.html").exists() and not (tmp_path / "d.csv").exists()

@@ -3,10 +3,10 @@ one CSV beside it (:mod:`sgm.report.comparison`), written together or not at all
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from sgm.io.atomic import write_files_together
+from sgm.io.metricsfile import read_metrics
 from sgm.report.comparison import comparison_csv, comparison_html, comparison_rows
 
 
@@ -18,14 +18,7 @@ def compare(runs: list[str], out_html: str | Path, out_csv: str | Path) -> Path:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
             raise ValueError(f"--run {item!r}: give LABEL=path/to/metrics.json")
-        try:
-            metrics = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: not a metrics file written by sgm evaluate ({exc})"
-                             ) from None
-        if not isinstance(metrics, dict) or not isinstance(metrics.get("variables"), dict):
-            raise ValueError(f"{path}: not a metrics file written by sgm evaluate "
-                             "(no 'variables')")
+        metrics = read_metrics(path)
         if spec is not None and metrics.get("spec") not in (None, spec):
             raise ValueError(f"{path}: belongs to spec {metrics.get('spec')!r}, the others to "
                              f"{spec!r}; compare the posteriors of one spec")

@@ -49,6 +49,7 @@ def gather_shards(shard_paths: list[str | Path], out: str | Path) -> Path:
         raise StoreError("posterior shards overlap in time")
     attrs = {k: v for k, v in parts[0].attrs.items() if k not in (layout.COMPLETE, layout.SHARD)}
     costs = [(json_attr(p, layout.COST), p.sizes["time"]) for p in parts if layout.COST in p.attrs]
+    attrs.pop(layout.COST, None)  # shard 0's own cost is not the posterior's
     if len(costs) == len(parts):
         attrs[layout.COST] = json.dumps(mean_cost(costs), sort_keys=True)
     ds.attrs = {}

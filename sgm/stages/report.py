@@ -15,25 +15,12 @@ import numpy as np
 
 from sgm.io import layout
 from sgm.io.losslog import read_loss_csv
+from sgm.io.metricsfile import read_metrics
 from sgm.io.outlines import outlines_of
 from sgm.io.stores import StoreError, open_store
 from sgm.report.figures import map_rows
 from sgm.report.page import period, time_label
 from sgm.report.posterior import MapGrid, MapRows, write_posterior_report
-
-
-def read_metrics(path: str | Path) -> dict[str, Any]:
-    """``metrics.json`` as written by ``sgm evaluate``; one sentence if it is not."""
-    try:
-        m = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc.__class__.__name__}: {exc})") from None
-    if not isinstance(m, dict) or not isinstance(m.get("variables"), dict) or not m["variables"]:
-        raise ValueError(f"{path}: not a metrics file written by sgm evaluate (no variables)")
-    for var, e in m["variables"].items():
-        if not isinstance(e, dict) or not {"units", "ensemble", "baselines"} <= set(e):
-            raise ValueError(f"{path}: variable {var!r} lacks the scores sgm evaluate writes")
-    return m
 
 
 def read_tuning(path: str | Path) -> dict[str, Any]:
