@@ -37,7 +37,7 @@ from sgm.core.network import count_parameters
 from sgm.core.observation import ObservationModel
 from sgm.core.posterior import ConditionalModel
 from sgm.core.precond import new_denoiser
-from sgm.core.selection import fit_inflation, observation_distance, validation_scores
+from sgm.core.selection import choose_inflation, observation_distance, validation_scores
 from sgm.core.solvers import Solver
 from sgm.core.tiling import grid_coordinates, patch_pairs, sphere_coordinates
 from sgm.io import layout
@@ -248,17 +248,19 @@ def _select(meta: dict[str, Any], weights: dict[str, torch.Tensor], snapshots: S
     model = ConditionalModel.from_state(snapshots.load(best["step"]), meta, device)
     reference = model.obs.apply(train.mean(0).to(torch.float64)).flatten(1).mean(1).tolist()
     ens = model.sample(y, index, select.recalibration_members, solver, entry.train.seed).numpy()
-    fit = fit_inflation(ens, truth, observation_distance(y, reference, scale).numpy())
+    fit = choose_inflation(ens, truth, observation_distance(y, reference, scale).numpy())
     meta["selection"] = {"criterion": "validation fair CRPS / std, mean over variables",
                          "members": select.members, "n_times": int(index.size),
                          "solver": solver.choice(), "curve": curve, "chosen_step": best["step"]}
     meta["recalibration"] = {
         "method": "k_t^2 = a + b |d_t|, d_t the observation's distance from the training climate",
-        "fitted_on": "val", "a": fit["a"], "b": fit["b"], "reference": reference,
+        "fitted_on": "val", **fit, "reference": reference,
         "scale": scale, "spread_skill_ratio": best["spread_skill_ratio"],
     }
     meta["step"] = int(best["step"])
-    log.info("select: chose step %d; spread inflation k² = %s + %s |d|", best["step"], fit["a"],
-             fit["b"])
+    log.info("select: chose step %d; spread inflation k² = %s + %s |d| (fitted %s + %s |d|; "
+             "leave-one-out validation CRPS %s raw, %s recalibrated)", best["step"], fit["a"],
+             fit["b"], fit["fitted_a"], fit["fitted_b"], fit["loo_crps_raw"],
+             fit["loo_crps_recalibrated"])
     return snapshots.load(best["step"])
 

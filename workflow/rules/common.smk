@@ -12,7 +12,7 @@ SPEC_DIR = config.get("spec_dir", "data_specs")
 STAGE_VERSION = {
     "ingest": "3",
     "observe": "3",
-    "train": "3",
+    "train": "4",
     "sample": "3",
     "tune_sampler": "1",
     "distill": "1",
@@ -21,7 +21,7 @@ STAGE_VERSION = {
     "products": "1",
     "gather": "3",
     "evaluate": "2",
-    "report": "2",
+    "report": "3",
 }
 
 
