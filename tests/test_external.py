@@ -235,5 +235,5 @@ def test_config_entry_and_the_demo_entry_validate() -> None:
         validate(WorkflowConfig, {"specs": ["s"], "models": {"m": {}}, "external": [entry]}, "c")
     cfg = load_workflow_config(REPO / "config" / "config.yaml")
     (e1,) = cfg.external
-    assert (e1.make_coarse, e1.time_slice) == (True, ("2060-01-01", "2099-12-30"))
+    assert (e1.make_coarse, e1.time_slice) == (True, ("2080-01-01", "2099-12-30"))
     assert e1.variables == VARIABLES

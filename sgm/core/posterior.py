@@ -98,7 +98,7 @@ class ConditionalModel:
         members: int,
         solver: Solver,
         seed: int = 0,
-        batch_size: int = 64,
+        batch_size: int = 128,
         progress: bool = False,
         tiling: Tiling | None = None,
     ) -> Tensor:

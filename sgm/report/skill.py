@@ -191,18 +191,20 @@ def selection_html(selection: dict[str, Any], recalibration: dict[str, Any] | No
             f"{html.escape(str(selection['solver']['solver']))} with "
             f"{selection['solver']['nfe']} NFE).")
     if recalibration:
+        fitted_a = recalibration.get("fitted_a", recalibration["a"])
+        fitted_b = recalibration.get("fitted_b", recalibration["b"])
         text += (" Its spread is recalibrated there: members are inflated about their mean by "
                  "k, k² = a + b·|d|, d the observation's distance from the training climate "
-                 f"(a = {', '.join(fmt(v) for v in recalibration.get('fitted_a', recalibration['a']))}, b = "
-                 f"{', '.join(fmt(v) for v in recalibration.get('fitted_b', recalibration['b']))}; validation spread/skill "
-                 "before: "
+                 f"(a = {', '.join(fmt(v) for v in fitted_a)}, b = "
+                 f"{', '.join(fmt(v) for v in fitted_b)}; validation spread/skill before: "
                  f"{', '.join(fmt(v) for v in recalibration['spread_skill_ratio'])}).")
         if "applied" in recalibration:
-            text += (" A fit is kept only where it lowers the fair CRPS of validation times it "
-                     "was not fitted to (leave-one-out: "
+            text += (" A fit is kept only where the validation times show a spread error and "
+                     "it lowers the fair CRPS of validation times it was not fitted to "
+                     "(leave-one-out: "
                      f"{', '.join(fmt(v) for v in recalibration['loo_crps_raw'])} raw, "
                      f"{', '.join(fmt(v) for v in recalibration['loo_crps_recalibrated'])} "
-                     "recalibrated); ")
+                     "recalibrated), each by more than two standard errors: ")
             kept = recalibration["applied"]
             text += ("kept." if all(kept) else "not kept: the members are left as sampled."
                      if not any(kept) else "kept for some variables only (a = 1, b = 0 for "
