@@ -70,21 +70,33 @@ def observation_distance(y: Tensor, reference: Sequence[float], scale: Sequence[
     return ((y.to(torch.float64).flatten(2).mean(dim=2) - ref) / sd).abs()
 
 
+def error_spread_ratio(ens: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """r_t per time and variable: MSE of the ensemble mean over (M+1)/M · member variance,
+    pooled over pixels (module docstring); ens[T, M, C, H, W], truth[T, C, H, W] -> [T, C]."""
+    members = ens.shape[1]
+    err2 = ((ens.mean(axis=1) - truth) ** 2).mean(axis=(2, 3))
+    var = ens.var(axis=1, ddof=1).mean(axis=(2, 3)) * (members + 1) / members
+    return err2 / np.maximum(var, 1e-30)
+
+
+def _line(d: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares r ≈ a + b d: the coefficients [a, b] and the design matrix."""
+    design = np.stack([np.ones_like(d), d], axis=1)
+    coef, *_ = np.linalg.lstsq(design, r, rcond=None)
+    return coef, design
+
+
 def fit_inflation(ens: np.ndarray, truth: np.ndarray, distance: np.ndarray
                   ) -> dict[str, list[float]]:
     """Least-squares fit of r_t = a + b |d_t| per variable (module docstring).
 
     ens[T, M, C, H, W], truth[T, C, H, W], distance[T, C]; returns {"a": [C], "b": [C]}.
     """
-    members = ens.shape[1]
-    err2 = ((ens.mean(axis=1) - truth) ** 2).mean(axis=(2, 3))  # [T, C]
-    var = ens.var(axis=1, ddof=1).mean(axis=(2, 3)) * (members + 1) / members
-    ratio = err2 / np.maximum(var, 1e-30)
+    ratio = error_spread_ratio(ens, truth)
     a_out, b_out = [], []
     for c in range(truth.shape[1]):
         d, r = np.asarray(distance[:, c], dtype=np.float64), ratio[:, c]
-        design = np.stack([np.ones_like(d), d], axis=1)
-        (a, b), *_ = np.linalg.lstsq(design, r, rcond=None)
+        (a, b), _ = _line(d, r)
         if b < 0 or len(d) < 3 or np.ptp(d) == 0:
             a, b = float(r.mean()), 0.0
         a_out.append(float(a))
@@ -95,18 +107,14 @@ def fit_inflation(ens: np.ndarray, truth: np.ndarray, distance: np.ndarray
 def spread_error_z(ens: np.ndarray, truth: np.ndarray, distance: np.ndarray) -> list[float]:
     """Evidence of a spread error per variable: the larger of |mean r_t − 1| and b (the
     least-squares slope of r_t on |d_t|), each over its standard error (module docstring)."""
-    members = ens.shape[1]
-    err2 = ((ens.mean(axis=1) - truth) ** 2).mean(axis=(2, 3))
-    ratio = err2 / np.maximum(ens.var(axis=1, ddof=1).mean(axis=(2, 3)) * (members + 1) / members,
-                              1e-30)
+    ratio = error_spread_ratio(ens, truth)
     out = []
     for c in range(truth.shape[1]):
         r, d = ratio[:, c], np.asarray(distance[:, c], dtype=np.float64)
         se_mean = r.std(ddof=1) / np.sqrt(len(r))
         z = abs(r.mean() - 1.0) / se_mean if se_mean > 0 else 0.0
         if np.ptp(d) > 0 and len(r) > 3:
-            design = np.stack([np.ones_like(d), d], axis=1)
-            coef, *_ = np.linalg.lstsq(design, r, rcond=None)
+            coef, design = _line(d, r)
             resid = r - design @ coef
             cov = resid @ resid / (len(r) - 2) * np.linalg.inv(design.T @ design)
             if cov[1, 1] > 0:
