@@ -39,20 +39,25 @@ class ModelSettings(StrictModel):
         " small training set)."
     )
     sigma_data: float = Field(1.0, gt=0, description="EDM sigma_data (data are standardised).")
-    target: Literal["residual", "field"] | None = Field(
+    target: Literal["residual", "field", "anomaly"] | None = Field(
         None,
         description="What the diffusion model learns: the residual from the operator's baseline"
-        " (e.g. bicubic), scaled to unit std, or the standardised field itself. Default: "
-        "residual for conditional models, field for priors (which have no operator).",
+        " (e.g. bicubic), scaled to unit std (conditional models); the standardised field "
+        "itself; or, for priors, its anomaly from the training mean per pixel in units of its "
+        "year-to-year std (sgm.core.anomaly). Default: residual for conditional models, "
+        "anomaly for priors.",
     )
 
     @model_validator(mode="after")
     def _target(self) -> ModelSettings:
         if self.target is None:
-            self.target = "field" if self.kind == "prior" else "residual"
+            self.target = "anomaly" if self.kind == "prior" else "residual"
         elif self.kind == "prior" and self.target == "residual":
             raise ValueError("target: a prior model has no observation operator, so it learns "
-                             "the field (target: field)")
+                             "the field or its anomaly (target: field or anomaly)")
+        elif self.kind == "conditional" and self.target == "anomaly":
+            raise ValueError("target: anomaly is for prior models; a conditional model learns "
+                             "the residual from its observation's baseline or the field")
         return self
 
 
@@ -142,6 +147,13 @@ class TrainSettings(StrictModel):
         "grid", description="Position channels of a patch-trained model: grid (normalised row "
         "and column) or sphere (the unit vector of latitude and longitude)."
     )
+    level_shift: float | dict[str, float] = Field(
+        0.0, description="Train on fields shifted by a random uniform offset, one per member "
+        "and variable, of this standard deviation in the variable's units (one number for "
+        "every variable, or {variable: std}): the domain mean may then drift beyond the "
+        "training years' (a warming climate) while the patterns are learned as before "
+        "(sgm.core.level_shift). 0: off."
+    )
     wasserstein: WassersteinSettings = Field(
         default_factory=WassersteinSettings,
         description="A distribution regulariser for extremes (off by default).",
@@ -150,6 +162,15 @@ class TrainSettings(StrictModel):
         default_factory=SelectSettings, description="Choose the model among the snapshots on "
         "the validation split (and fit the spread recalibration there)."
     )
+
+    @field_validator("level_shift")
+    @classmethod
+    def _level_shift(cls, v: float | dict[str, float]) -> float | dict[str, float]:
+        values = v.values() if isinstance(v, dict) else [v]
+        if any(not (x >= 0 and x < float("inf")) for x in values):
+            raise ValueError(f"must be a finite standard deviation >= 0 (or one per variable), "
+                             f"got {v}")
+        return v
 
 
 class SampleSettings(StrictModel):
@@ -169,8 +190,9 @@ class SampleSettings(StrictModel):
     )
     cg_iterations: int = Field(8, ge=0, description="Conjugate-gradient steps of mmps.")
     covariance_sigma: float | None = Field(
-        3.0, gt=0, description="mmps: above this noise level (in units of the standardised "
-        "fields; 97.5 % of the training noise levels lie below 3) Tweedie's covariance comes "
+        3.0, gt=0, description="mmps: above this noise level (in the prior network's units: "
+        "the fields' year-to-year std for the default anomaly target; 97.5 % of the training "
+        "noise levels lie below 3) Tweedie's covariance comes "
         "from the network's Jacobian at this level, where it is reliable, rather than at the "
         "step's (sgm.core.guidance.MMPS); null: at every step's own level, as in the paper "
         "(exact for an exact denoiser, but a trained one's Jacobian error is amplified by "

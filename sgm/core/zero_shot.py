@@ -1,10 +1,11 @@
 """Zero-shot Bayesian inversion: one learned prior p(x), any observation model at sampling time.
 
-A :class:`PriorModel` is a trained unconditional denoiser D(z; σ) of the standardised fields
-z = (x − mean)/std (static channels may still condition it). For observations
-y = A(x) + η ⊙ ε of any :class:`~sgm.core.observation.ObservationModel`, the forward map in the
-model's units is A_z(z) = A(std·z + mean), and a guided denoiser (``sgm.core.guidance``: MMPS by
-default, DPS, TMPD) turns D into an approximation of the posterior denoiser E[z | z_σ, y], which
+A :class:`PriorModel` is a trained unconditional denoiser D(u; σ) of the standardised fields
+z = (x − mean)/std or of their anomalies u = (z − μ)/s (``sgm.core.anomaly``; static channels
+may still condition it). For observations y = A(x) + η ⊙ ε of any
+:class:`~sgm.core.observation.ObservationModel`, the forward map in the network's units is
+A_u(u) = A(std·(μ + s u) + mean), and a guided denoiser (``sgm.core.guidance``: MMPS by
+default, DPS, TMPD) turns D into an approximation of the posterior denoiser E[u | u_σ, y], which
 any solver of ``sgm.core.solvers`` integrates. Members are seeded and batch-independent as in
 ``sgm.core.posterior``; the work (network evaluations and Jacobian products per member) is
 counted for the report.
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sgm.core.anomaly import AnomalyTarget
 from sgm.core.conditioning import Standardiser
 from sgm.core.guidance import MMPS, GuidanceCost, GuidedDenoiser
 from sgm.core.guidance_dps import DPS
@@ -57,6 +59,7 @@ class PriorModel:
         self.variables = list(meta["variables"])
         self.stats = Standardiser.from_dict(meta["normalisation"], self.variables)
         self.static = meta["static"]
+        self.anomaly = AnomalyTarget.from_meta(meta.get("anomaly"))
         self.grid = (len(meta["grid"]["lat"]), len(meta["grid"]["lon"]))
         self.cost = GuidanceCost()
 
@@ -69,12 +72,18 @@ class PriorModel:
         precond.load_state_dict(dict(weights))
         return cls(precond.to(device).eval(), meta)
 
+    def to_physical(self, u: Tensor, dim: int = 1) -> Tensor:
+        """Physical fields of the network's units: x = std·z + mean, z = u (target: field) or
+        z = μ + s·u (target: anomaly, ``sgm.core.anomaly``)."""
+        z = u if self.anomaly is None else self.anomaly.inverse(u, dim=dim)
+        return self.stats.inverse(z, dim=dim)
+
     def forward_map(self, obs: ObservationModel) -> Any:
-        """A_z(z) = A(std·z + mean): Tensor[B, C, H, W] (model units) -> Tensor[B, C, *obs]."""
+        """A_u(u) = A(to_physical(u)): Tensor[B, C, H, W] (network units) -> Tensor[B, C, *obs]."""
         if obs.variables != tuple(self.variables) or obs.grid != self.grid:
             raise ValueError(f"the observation model observes {list(obs.variables)} on "
                              f"{obs.grid}, but the prior models {self.variables} on {self.grid}")
-        return lambda z: obs.apply(self.stats.inverse(z))
+        return lambda u: obs.apply(self.to_physical(u))
 
     def sample(
         self,
@@ -94,7 +103,11 @@ class PriorModel:
     ) -> Tensor:
         """Posterior members Tensor[T, M, C, H, W] (physical units, float32, CPU) of the
         observations y[T, C, *obs] (physical units) made by ``obs``; with ``tiling`` the
-        prior denoiser runs on overlapping tiles and the guidance on the whole field."""
+        prior denoiser runs on overlapping tiles and the guidance on the whole field.
+
+        ``covariance_sigma`` (MMPS) is in units of one pixel's year-to-year spread in the
+        training years: times ``AnomalyTarget.pattern_unit`` in the network's units (1 without
+        a level shift or with the field target)."""
         device = next(self.precond.parameters()).device
         y = y.to(torch.float64)
         if not torch.isfinite(y).all():
@@ -114,6 +127,9 @@ class PriorModel:
                 return network(x, sigma)
             return network(x, sigma, static.to(x).expand(x.shape[0], -1, -1, -1))
 
+        if covariance_sigma is not None and self.anomaly is not None:
+            covariance_sigma = covariance_sigma * self.anomaly.pattern_unit
+
         def denoiser_for(rows: Tensor) -> Denoiser:
             g = guided(method, prior, forward, y[rows].to(device), eta, cg_iterations,
                        dps_step, covariance_sigma)
@@ -123,4 +139,4 @@ class PriorModel:
         shape = (len(self.variables), *self.grid)
         z = draw_members(denoiser_for, shape, time_index, members, solver, seed, batch_size,
                          device, progress)
-        return self.stats.inverse(z, dim=2).to(torch.float32)
+        return self.to_physical(z, dim=2).to(torch.float32)

@@ -20,6 +20,7 @@ import xarray as xr
 
 from sgm.config import ModelEntry, load_spec, validate
 from sgm.core import training
+from sgm.core.anomaly import AnomalyTarget
 from sgm.core.conditioning import (
     ResidualTarget,
     Standardiser,
@@ -33,6 +34,7 @@ from sgm.core.conditioning import (
     training_pairs,
 )
 from sgm.core.device import pick_device
+from sgm.core.level_shift import level_shifted_pairs
 from sgm.core.network import count_parameters
 from sgm.core.observation import ObservationModel
 from sgm.core.posterior import ConditionalModel
@@ -84,6 +86,32 @@ def _check_patch(patch: list[int], grid: tuple[int, int], align: int) -> tuple[i
         raise ValueError(f"--settings: train.patch {patch} must be multiples of {align}, the "
                          f"observation's coarse cell, so that patches hold whole cells")
     return h, w
+
+
+def _level_shift(setting: float | dict[str, float], stats: Standardiser,
+                 paired: bool) -> list[float] | None:
+    """train.level_shift in standardised units per variable (τ_c / std_c), or None when off;
+    a clear error where a shift has no meaning (paired coarse fields, transformed variables,
+    a variable the spec does not have)."""
+    if isinstance(setting, dict):
+        unknown = sorted(set(setting) - set(stats.variables))
+        if unknown:
+            raise ValueError(f"--settings: train.level_shift names {unknown}, which the spec "
+                             f"does not have (its variables: {list(stats.variables)})")
+        tau = [float(setting.get(v, 0.0)) for v in stats.variables]
+    else:
+        tau = [float(setting)] * len(stats.variables)
+    if not any(tau):
+        return None
+    if paired:
+        raise ValueError("--settings: train.level_shift cannot shift the targets of a paired "
+                         "spec: its coarse fields are data, not simulated from the target")
+    for v, t, transform in zip(stats.variables, tau, stats.transforms or [None] * len(tau),
+                               strict=True):
+        if t and transform is not None:
+            raise ValueError(f"--settings: train.level_shift of {v}: a uniform offset has no "
+                             f"meaning for a transformed (non-negative) variable")
+    return [t / s for t, s in zip(tau, stats.std, strict=True)]
 
 
 def _lock(workdir: Path) -> contextlib.AbstractContextManager:
@@ -156,12 +184,25 @@ def train_stage(
     if patch:  # a patch knows where it is: position channels join the static ones
         static = torch.cat([static, _positions(fields, entry.train.position)])
     channels = len(variables)
+    shift = _level_shift(entry.train.level_shift, stats, spec.paired is not None)
+    anomaly = None
     if prior:
         data, make_pair, target = z, prior_pairs(static), None
         in_channels = channels + static.shape[0]
+        if entry.model.target == "anomaly":
+            anomaly = AnomalyTarget.fit(z, shift)
+            data = anomaly.forward(z)
+            shift = None if shift is None else [t / float(s) for t, s in
+                                                zip(shift, anomaly.scale, strict=True)]
+            log.info("target: anomaly from the training mean, std %s (standardised units)",
+                     [round(float(v), 4) for v in anomaly.scale])
     else:
         data, make_pair, in_channels, target = _conditional(
             spec, fields, fields_path, obs, stats, z, static, train_index, entry)
+    if shift is not None:
+        make_pair = level_shifted_pairs(make_pair, shift)
+        log.info("level shift: uniform offsets of std %s (the target's units) per member",
+                 [round(v, 4) for v in shift])
     if patch:
         align = 1 if obs is None else obs.operator.grid_multiple
         size = _check_patch(patch, (fields.sizes["lat"], fields.sizes["lon"]), align)
@@ -204,6 +245,7 @@ def train_stage(
         "var_attrs": {v: {k: str(a) for k, a in fields[v].attrs.items()} for v in variables},
         "static": static.contiguous(),
         "residual_scale": None if target is None else target.scale.tolist(),
+        "anomaly": None if anomaly is None else anomaly.to_meta(),
         "model": entry.model.model_dump(),
         "in_channels": in_channels,
         "out_channels": channels,

@@ -12,7 +12,7 @@ SPEC_DIR = config.get("spec_dir", "data_specs")
 STAGE_VERSION = {
     "ingest": "3",
     "observe": "3",
-    "train": "4",
+    "train": "5",
     "sample": "3",
     "tune_sampler": "1",
     "distill": "1",
@@ -60,10 +60,12 @@ def without_unused(settings, switch, keys):
 
 def training_entry(wildcards):
     """The model entry that identifies a training run: without its distillation (distilling
-    a model does not retrain it) and without the patch options when it trains on whole fields."""
+    a model does not retrain it), without the patch options when it trains on whole fields and
+    without a level shift of 0."""
     entry = {k: v for k, v in config["models"][wildcards.model].items() if k != "distill"}
     if "train" in entry:
         entry["train"] = without_unused(entry["train"], "patch", ("position",))
+        entry["train"] = without_unused(entry["train"], "level_shift", ())
     return entry
 
 
@@ -77,9 +79,11 @@ def train_state(wildcards):
 
     A killed or timed-out job rerun with the same settings resumes from its last checkpoint;
     changed settings (retraining) start afresh in a new folder instead of resuming a run whose
-    weights no longer fit or whose optimiser followed other settings.
+    weights no longer fit or whose optimiser followed other settings. The train stage's version
+    is part of the key: a new version learns something else from the same settings.
     """
-    settings = json.dumps(training_entry(wildcards), sort_keys=True)
+    settings = json.dumps({"entry": training_entry(wildcards),
+                           "version": STAGE_VERSION["train"]}, sort_keys=True)
     digest = hashlib.sha256(settings.encode()).hexdigest()[:12]
     return f"{RESULTS}/{wildcards.spec}/{wildcards.model}/train_state/{digest}"
 
